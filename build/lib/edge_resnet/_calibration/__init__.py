@@ -1,0 +1,1 @@
+"""Calibration-set recipes (data shipped inside the wheel as edge_resnet._calibration)."""

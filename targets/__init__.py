@@ -1,0 +1,1 @@
+"""Target device profiles (data shipped inside the wheel as edge_resnet._targets)."""
