@@ -1,0 +1,91 @@
+"""The one small interface every backend implements (after Polygraphy's loader/runner split).
+
+    backend.compile(qdq_onnx, profile, out_dir, precision) -> Artifact   # build, write files
+    backend.load(artifact_dir, artifact) -> Runner                        # deserialize
+    runner.infer(batch) -> logits or features                             # run
+
+Heavy libraries (openvino, tensorrt, cuda) are imported inside the backend modules' functions,
+never at import time, so `import edge_resnet` works without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_resnet.errors import BackendError
+from edge_resnet.targets import TargetProfile
+from edge_resnet.types import BackendName, Precision
+
+
+@dataclass
+class Artifact:
+    """What a backend wrote into a bundle: file names relative to the bundle directory."""
+
+    backend: BackendName
+    precision: Precision
+    files: dict[str, str]  # role -> relative path, e.g. {"engine": "model.plan"}
+    info: dict[str, Any] = field(default_factory=dict)  # versions, device, int8 coverage, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend.value, "precision": self.precision.value, "files": self.files, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Artifact:
+        return cls(BackendName(d["backend"]), Precision(d["precision"]), dict(d["files"]), dict(d.get("info", {})))
+
+
+class Runner(ABC):
+    """A loaded artifact. ``infer`` takes a float32 NCHW batch and returns a float32 array."""
+
+    input_name: str = "input"
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    name: BackendName
+
+    @abstractmethod
+    def available(self) -> bool:
+        """True when the backend's library can be imported here (does not import it eagerly)."""
+
+    @abstractmethod
+    def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
+        """Build the artifact for ``profile`` from a float or Q/DQ ONNX file, writing into ``out_dir``."""
+
+    @abstractmethod
+    def load(self, bundle_dir: Path, artifact: Artifact, **options: Any) -> Runner:
+        """Load a previously compiled artifact for inference."""
+
+
+# name -> "module:Class", imported only when asked for
+_REGISTRY: dict[BackendName, str] = {
+    BackendName.OPENVINO: "edge_resnet.backends.openvino:OpenVINOBackend",
+    BackendName.ONNXRUNTIME: "edge_resnet.backends.onnxruntime:OnnxRuntimeBackend",
+    BackendName.TENSORRT: "edge_resnet.backends.tensorrt:TensorRTBackend",
+}
+
+
+def get_backend(name: BackendName | str) -> Backend:
+    try:
+        key = BackendName(name)
+    except ValueError as exc:
+        raise BackendError(f"unknown backend {name!r}", f"use one of {[b.value for b in BackendName]}") from exc
+    module_name, cls_name = _REGISTRY[key].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)()

@@ -1,0 +1,38 @@
+"""Small enums shared across the pipeline."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Precision(str, Enum):
+    """What a compiled artifact computes in. INT8 means: from the Q/DQ graph."""
+
+    INT8 = "int8"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class ActivationFormat(str, Enum):
+    """How activations are stored in the Q/DQ graph.
+
+    S8S8: signed int8 activations, zero point 0 (TensorRT explicit quantization requires it).
+    U8S8: unsigned int8 activations, zero point 128 (ONNX Runtime on x86 fuses QLinearConv with it).
+    Weights are always signed int8, per output channel, symmetric.
+    """
+
+    S8S8 = "s8s8"
+    U8S8 = "u8s8"
+
+
+class BackendName(str, Enum):
+    OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+class QuantMode(str, Enum):
+    """EXPLICIT: a Q/DQ graph. IMPLICIT: float graph + TensorRT calibration cache (TensorRT < 10)."""
+
+    EXPLICIT = "explicit"
+    IMPLICIT = "implicit"
