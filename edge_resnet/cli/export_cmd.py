@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import click
+
+from edge_resnet.cli.options import build_from_options, model_options
+
+
+@click.command()
+@model_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write the .onnx file.")
+def export(model_name: str, variant: str | None, weights: str | None, num_classes: int, no_top: bool,
+           pooling: str | None, input_size: int, output: str) -> None:
+    """Export a model to a self-contained, BN-folded float ONNX graph."""
+    from edge_resnet.graph.export import export_onnx
+
+    model, _ = build_from_options(model_name, variant, weights, num_classes, no_top, pooling)
+    fg = export_onnx(model, output, input_size)
+    click.echo(f"{fg.fold}")
+    click.echo(f"wrote {output} (input 'input' [N,3,{input_size},{input_size}], output '{fg.output_name}')")
+
+
+@click.command("fold-bn")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def fold_bn(src: str, output: str) -> None:
+    """Fold BatchNormalization into the preceding Conv of any ResNet ONNX file."""
+    from edge_resnet.graph.export import prepare_float_graph
+    from edge_resnet.graph.load import load_onnx, save_onnx
+
+    fg = prepare_float_graph(load_onnx(src))
+    save_onnx(fg.model, output)
+    click.echo(f"{fg.fold}")
+    click.echo(f"wrote {output}")

@@ -1,0 +1,169 @@
+"""Loading user checkpoints into our models, with one clear error when they do not match.
+
+Only ``torch.load(..., weights_only=True)``: a checkpoint is user input and is never unpickled.
+Accepted layouts: a plain state_dict, one nested under ``state_dict`` or ``model`` (Lightning,
+timm/train scripts), keys with a ``module.`` prefix (DataParallel/DDP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge_resnet.errors import CheckpointError
+from edge_resnet.models.registry import DEPTHS
+
+log = logging.getLogger(__name__)
+
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+_SHOW = 5  # how many of each kind of mismatch to list
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat state_dict of tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist", "check the path given to --weights")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Unsupported global" in str(exc):  # a class reference: a pickled module or object
+            raise CheckpointError(
+                f"checkpoint {path} contains pickled Python objects, which are never unpickled (security)",
+                "save the weights alone: torch.save(model.state_dict(), 'ckpt.pth')",
+            ) from exc
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read as a PyTorch file ({msg})",
+            "pass a .pt/.pth file written by torch.save(model.state_dict(), ...); it may be truncated",
+        ) from exc
+    return _flatten(obj, path)
+
+
+def _flatten(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # unwrap {"state_dict": {"model": ...}} style nesting
+        if isinstance(obj, Mapping) and not _is_state_dict(obj):
+            nested = next((obj[k] for k in _NESTED_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            if nested is None:
+                break
+            obj = nested
+    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        raise CheckpointError(
+            f"checkpoint {path} holds no state_dict (looked at the top level and under {list(_NESTED_KEYS)})",
+            "save it with torch.save(model.state_dict(), path)",
+        )
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in _PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and sum(isinstance(v, torch.Tensor) for v in obj.values()) >= len(obj) / 2
+
+
+@dataclass
+class Mismatch:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, ckpt, model
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shapes)
+
+
+def compare(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> Mismatch:
+    own = model.state_dict()
+    # num_batches_tracked is a training counter: absent from many exported checkpoints, harmless
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    return Mismatch(
+        missing=[k for k in own if k not in sd and k not in optional],
+        unexpected=[k for k in sd if k not in own],
+        shapes=[(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
+                if k in own and tuple(v.shape) != tuple(own[k].shape)],
+    )
+
+
+def guess_architecture(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """What the checkpoint looks like, e.g. 'resnet50 v2 with num_classes=10', when inferable."""
+    blocks: dict[int, set[int]] = {}
+    for k in sd:
+        m = re.match(r"layer([1-4])\.(\d+)\.", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if len(blocks) != 4:
+        return None
+    counts = tuple(len(blocks[i]) for i in (1, 2, 3, 4))
+    bottleneck = any(k.startswith("layer1.0.conv3") for k in sd)
+    depth = next((d for d, (b, c) in DEPTHS.items() if c == counts and b == bottleneck), None)
+    if depth is None:
+        return None
+    preact = "post_bn.weight" in sd or (
+        "layer1.1.bn1.weight" in sd and bottleneck and sd["layer1.1.bn1.weight"].shape[0] == 256
+    )
+    parts = [f"resnet{depth}", "v2" if preact else "v1/v1.5"]
+    if "fc.weight" in sd:
+        parts.append(f"with num_classes={sd['fc.weight'].shape[0]}")
+    else:
+        parts.append("without the classifier head (include_top=False)")
+    return " ".join(parts)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> str:
+    """Load ``path`` into ``model`` (strictly), returning the file's sha256 for the manifest."""
+    path = Path(path)
+    sd = read_state_dict(path)
+    mm = compare(model, sd)
+    if mm:
+        raise CheckpointError(_describe(path, mm, sd), _hint(sd))
+    model.load_state_dict(sd, strict=False)  # strict except num_batches_tracked, checked above
+    log.info("loaded %d tensors from %s", len(sd), path)
+    return file_sha256(path)
+
+
+def _describe(path: Path, mm: Mismatch, sd: Mapping[str, torch.Tensor]) -> str:
+    lines = [f"checkpoint {path} does not match the model:"]
+    for label, items in (("missing keys", mm.missing), ("unexpected keys", mm.unexpected)):
+        if items:
+            more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+            lines.append(f"  {label} ({len(items)}): {', '.join(items[:_SHOW])}{more}")
+    if mm.shapes:
+        shown = "; ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mm.shapes[:_SHOW])
+        more = f" (+{len(mm.shapes) - _SHOW} more)" if len(mm.shapes) > _SHOW else ""
+        lines.append(f"  shape mismatches ({len(mm.shapes)}): {shown}{more}")
+    guess = guess_architecture(sd)
+    if guess:
+        lines.append(f"  the checkpoint looks like {guess}")
+    return "\n".join(lines)
+
+
+def _hint(sd: Mapping[str, torch.Tensor]) -> str:
+    guess = guess_architecture(sd)
+    if guess is None:
+        return "use the model, --variant and --num-classes the checkpoint was trained with"
+    name, variant, *rest = guess.split(" ")
+    opts = [f"--model {name}"]
+    if variant == "v2":
+        opts.append("--variant v2")
+    if "fc.weight" in sd:
+        opts.append(f"--num-classes {sd['fc.weight'].shape[0]}")
+    else:
+        opts.append("--no-top")
+    return "try " + " ".join(opts)
