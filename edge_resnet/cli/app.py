@@ -17,6 +17,7 @@ _COMMANDS: dict[str, str] = {
     "models": "edge_resnet.cli.models_cmd:models",
     "export": "edge_resnet.cli.export_cmd:export",
     "fold-bn": "edge_resnet.cli.export_cmd:fold_bn",
+    "quantize": "edge_resnet.cli.quantize_cmd:quantize",
 }
 
 

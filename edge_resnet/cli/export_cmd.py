@@ -24,8 +24,8 @@ def export(model_name: str, variant: str | None, weights: str | None, num_classe
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def fold_bn(src: str, output: str) -> None:
     """Fold BatchNormalization into the preceding Conv of any ResNet ONNX file."""
-    from edge_resnet.graph.export import prepare_float_graph
     from edge_resnet.graph.load import load_onnx, save_onnx
+    from edge_resnet.graph.prepare import prepare_float_graph
 
     fg = prepare_float_graph(load_onnx(src))
     save_onnx(fg.model, output)

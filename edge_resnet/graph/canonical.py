@@ -1,0 +1,139 @@
+"""Put a ResNet ONNX graph in the one form the quantizer and backends expect.
+
+- Node names are the model's module names (``layer3.2.conv2``, ``layer3.2.add``, ``fc``), so
+  reports and ``--exclude`` speak the user's language. Conv/Gemm take the name of their weight;
+  other nodes the module scope the torch exporter recorded; nodes of other exporters keep their
+  names (made unique and non-empty).
+- ``ReduceMean``/``ReduceMax`` over H and W with keepdims become ``GlobalAveragePool`` /
+  ``GlobalMaxPool`` and the following reshape to (N, C) becomes ``Flatten``: the forms every
+  backend (and ORT's QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
+- Exporter metadata (stack traces with local file paths) is dropped, so the same model gives the
+  same bytes on every machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+_GLOBAL_POOL = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
+
+
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    model = _copy(model)
+    _name_nodes(model.graph)
+    _global_pools(model.graph)
+    _flatten_after_pool(model.graph)
+    _remove_dead_nodes(model.graph)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _scope_name(node: onnx.NodeProto) -> str | None:
+    md = {e.key: e.value for e in node.metadata_props}
+    scopes = md.get("pkg.torch.onnx.name_scopes")
+    if not scopes:
+        return None
+    parts = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
+    parts = [p for p in parts if p]
+    if len(parts) < 2:
+        return None
+    module = parts[-2]
+    return f"{module}.{node.op_type.lower()}" if node.op_type in ("Add", "Mul", "Concat") else module
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    inits = {i.name for i in graph.initializer}
+    wanted: list[str] = []
+    for i, node in enumerate(graph.node):
+        name = None
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
+            w = node.input[1]
+            name = w[: -len(".weight")] if w.endswith(".weight") else None
+        name = name or _scope_name(node) or node.name or f"{node.op_type}_{i}"
+        wanted.append(name)
+    counts = Counter(wanted)
+    seen: Counter[str] = Counter()
+    for node, name in zip(graph.node, wanted, strict=True):
+        if counts[name] > 1:
+            seen[name] += 1
+            name = name if seen[name] == 1 else f"{name}_{seen[name] - 1}"
+        node.name = name
+
+
+def _const_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return [int(v) for v in numpy_helper.to_array(init).ravel()]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return [int(v) for v in numpy_helper.to_array(node.attribute[0].t).ravel()]
+    return None
+
+
+def _global_pools(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        if node.op_type not in _GLOBAL_POOL:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = _const_ints(graph, node.input[1])
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or attrs.get("keepdims", 1) != 1:
+            continue
+        node.op_type = _GLOBAL_POOL[node.op_type]
+        del node.input[1:]
+        del node.attribute[:]
+
+
+def _flatten_after_pool(graph: onnx.GraphProto) -> None:
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type != "Reshape":
+            continue
+        src = producers.get(node.input[0])
+        if src is None or src.op_type not in ("GlobalAveragePool", "GlobalMaxPool"):
+            continue
+        node.op_type = "Flatten"
+        del node.input[1:]
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("axis", 1))
+
+
+def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
+    needed = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    removed = len(graph.node) - len(keep)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    used = needed
+    dead_inits = [i for i in graph.initializer if i.name not in used]
+    for init in dead_inits:
+        graph.initializer.remove(init)
+    if removed or dead_inits:
+        log.debug("removed %d dead nodes and %d unused initializers", removed, len(dead_inits))
+
+
+def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    raise KeyError(name)
