@@ -1,0 +1,61 @@
+"""Options of every command that reads images: the preprocessing spec and the data source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+F = Callable[..., Any]
+
+
+def _floats3(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}") from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def preprocess_options(f: F) -> F:
+    for opt in reversed([
+        click.option("--input-size", type=click.IntRange(min=32), default=None,
+                     help="Model input size (default: the model's, or 224)."),
+        click.option("--resize", type=click.IntRange(min=1), default=None,
+                     help="Shorter side before the centre crop (default: input size x 256/224)."),
+        click.option("--mean", callback=_floats3, default=None, help="Per-channel mean on 0..1 pixels, e.g. 0.485,0.456,0.406."),
+        click.option("--std", callback=_floats3, default=None, help="Per-channel std on 0..1 pixels."),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default=None,
+                     help="Channel order the model expects (default rgb)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def make_spec(input_size: int | None, resize: int | None, mean: tuple | None, std: tuple | None,
+              channel_order: str | None, base: Any = None) -> Any:
+    """A PreprocessSpec from the options, over ``base`` (e.g. a bundle's or the model's spec)."""
+    from dataclasses import replace
+
+    from edge_resnet.data import PreprocessSpec
+
+    spec = base or PreprocessSpec()
+    changes: dict[str, Any] = {}
+    if input_size is not None:
+        changes["input_size"] = input_size
+        if resize is None:
+            changes["resize"] = max(input_size, round(input_size * 256 / 224))
+    if resize is not None:
+        changes["resize"] = resize
+    if mean is not None:
+        changes["mean"] = mean
+    if std is not None:
+        changes["std"] = std
+    if channel_order is not None:
+        changes["channel_order"] = channel_order
+    return replace(spec, **changes) if changes else spec

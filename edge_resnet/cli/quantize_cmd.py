@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import time
+
+import click
+
+from edge_resnet.cli.data_options import make_spec, preprocess_options
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--calib", required=True, help="Calibration data: image folder, list .txt, .npy/.npz, video, digits:train.")
+@click.option("--calib-count", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None,
+              help="Calibrator (default: the best measured in benchmarks/).")
+@click.option("--percentile", type=click.FloatRange(50, 100), default=None, help="For --method percentile (default 99.99).")
+@click.option("--format", "fmt", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
+              help="s8s8: TensorRT / OpenVINO; u8s8: ONNX Runtime on x86.")
+@click.option("--exclude", multiple=True, help="Keep a layer float, by name (conv1, fc, layer4.2.conv3) or op type (Gemm).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--scales", "scales_path", type=click.Path(dir_okay=False), default=None, help="Also write per-tensor scales (JSON).")
+@preprocess_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: str | None, percentile: float | None,
+             fmt: str, exclude: tuple[str, ...], batch_size: int, scales_path: str | None, input_size: int | None,
+             resize: int | None, mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
+    """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
+    from edge_resnet.data import open_dataset
+    from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
+    from edge_resnet.graph.prepare import prepare_float_graph
+    from edge_resnet.quant.calibrators import CalibrationMethod
+    from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.pipeline import quantize as run
+    from edge_resnet.quant.qdq import QuantConfig
+    from edge_resnet.types import ActivationFormat
+
+    start = time.perf_counter()
+    fg = prepare_float_graph(load_onnx(model_path))
+    info = describe_input(fg.model)
+    spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
+    data = open_dataset(calib, spec, count=calib_count, seed=seed)
+    options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size)
+    qg = run(fg.model, data, QuantConfig(ActivationFormat(fmt), tuple(exclude)), options)
+    save_onnx(qg.model, output)
+    if scales_path:
+        qg.save_scales(scales_path)
+    q = qg.report.quantized
+    click.echo(f"{fg.fold}")
+    click.echo(f"quantized {q['Conv']} convs, {q['Add']} residual adds, {q['Gemm']} gemm, "
+               f"{q['MaxPool'] + q['GlobalAveragePool'] + q['GlobalMaxPool']} pools in {fmt} "
+               f"with {options.method.value} on {len(data)} images")
+    if qg.report.kept_float:
+        click.echo(f"kept float: {', '.join(qg.report.kept_float)}")
+    click.echo(f"time: calibration {qg.timings['calibration_s']:.1f} s, total {time.perf_counter() - start:.1f} s")
+    click.echo(f"wrote {output}")

@@ -1,0 +1,108 @@
+"""Run the float graph in ONNX Runtime and fold each batch into streaming histograms.
+
+Only the tensors the Q/DQ placement needs are exposed as outputs, and each batch's activations
+are folded into a fixed-size histogram and dropped before the next batch runs: peak memory is
+one batch of activations plus the histograms, whatever the size of the calibration set (ONNX
+Runtime's own histogram calibrators keep every batch and run out of memory on large sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from edge_resnet.errors import DataError, QuantizationError
+from edge_resnet.quant.calibrators import CalibrationMethod, compute_amax
+from edge_resnet.quant.histogram import DEFAULT_NUM_BINS, StreamingHistogram
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActivationStats:
+    """Per-tensor histograms of one calibration run, in graph order."""
+
+    hists: dict[str, StreamingHistogram]
+    images: int = 0
+    seconds: float = field(default=0.0, compare=False)
+
+    def amax(self, method: CalibrationMethod | str, **params: float) -> dict[str, float]:
+        return {name: compute_amax(h, method, **params) for name, h in self.hists.items()}
+
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {"__names__": np.array(list(self.hists)), "__images__": np.array(self.images)}
+        for i, h in enumerate(self.hists.values()):
+            for k, v in h.to_arrays().items():
+                arrays[f"{i}/{k}"] = v
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ActivationStats:
+        with np.load(path, allow_pickle=False) as z:
+            names = [str(n) for n in z["__names__"]]
+            hists = {}
+            for i, name in enumerate(names):
+                prefix = f"{i}/"
+                hists[name] = StreamingHistogram.from_arrays(
+                    {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}, name=name)
+            return cls(hists, int(z["__images__"]))
+
+
+def _session(model: onnx.ModelProto, tensors: list[str], threads: int | None):
+    import onnxruntime as ort
+
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    del aug.graph.output[:]
+    for t in tensors:
+        aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[np.ndarray], *,
+                       total_images: int | None = None, threads: int | None = None,
+                       num_bins: int = DEFAULT_NUM_BINS, progress: bool = True) -> ActivationStats:
+    """Histograms of ``tensors`` over all ``batches`` (float32 NCHW, preprocessed)."""
+    if not tensors:
+        raise QuantizationError("nothing to calibrate: the graph has no quantizable layer",
+                                "check the model and the --exclude list")
+    sess = _session(model, tensors, threads)
+    input_name = sess.get_inputs()[0].name
+    hists = {t: StreamingHistogram(num_bins, name=t) for t in tensors}
+    images = 0
+    start = time.perf_counter()
+    bar = tqdm(total=total_images, unit="img", desc="calibrating", disable=not progress, leave=False)
+    try:
+        for batch in _checked(batches):
+            outputs = sess.run(tensors, {input_name: batch})
+            for name, out in zip(tensors, outputs, strict=True):
+                hists[name].update(out)
+            del outputs
+            images += batch.shape[0]
+            bar.update(batch.shape[0])
+    finally:
+        bar.close()
+    if images == 0:
+        raise DataError("the calibration set is empty", "pass a folder, list, array or video with images to --calib")
+    stats = ActivationStats(hists, images, time.perf_counter() - start)
+    log.info("calibration statistics: %d tensors over %d images in %.1f s", len(tensors), images, stats.seconds)
+    return stats
+
+
+def _checked(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for b in batches:
+        if b.dtype != np.float32 or b.ndim != 4:
+            raise DataError(f"calibration batches must be float32 NCHW, got {b.dtype} {b.shape}")
+        yield np.ascontiguousarray(b)

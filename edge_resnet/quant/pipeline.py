@@ -1,0 +1,105 @@
+"""Float ONNX graph + calibration data -> Q/DQ ONNX graph (the algorithm; backends come later)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edge_resnet.data import Dataset
+from edge_resnet.quant.calibrators import CalibrationMethod
+from edge_resnet.quant.collect import ActivationStats, collect_statistics
+from edge_resnet.quant.qdq import QDQReport, QuantConfig, insert_qdq, required_tensors
+from edge_resnet.types import ActivationFormat
+
+log = logging.getLogger(__name__)
+
+# Measured in benchmarks/quantize_compare.py (ResNet-18/50 trained on digits, 512 images):
+# see the README of benchmarks/ for the figures behind this choice.
+DEFAULT_METHOD = CalibrationMethod.PERCENTILE
+DEFAULT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    method: CalibrationMethod = DEFAULT_METHOD
+    percentile: float | None = None  # for the percentile method; None: its default (99.99)
+    batch_size: int = DEFAULT_BATCH
+    threads: int | None = None
+
+    def params(self) -> dict[str, float]:
+        if self.method is CalibrationMethod.PERCENTILE and self.percentile is not None:
+            return {"percentile": self.percentile}
+        return {}
+
+
+@dataclass
+class QuantizedGraph:
+    model: onnx.ModelProto
+    amax: dict[str, float]
+    report: QDQReport
+    stats: ActivationStats
+    options: CalibrationOptions
+    config: QuantConfig
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def scales(self) -> dict[str, float]:
+        """Per-tensor activation scale (amax / 127), as written into the graph and calibration caches."""
+        from edge_resnet.quant.qdq import activation_scale
+
+        return {t: activation_scale(a) for t, a in self.amax.items()}
+
+    def save_scales(self, path: str | Path) -> None:
+        data = {"method": self.options.method.value, "format": self.config.activation_format.value,
+                "tensors": {t: {"amax": a, "scale": s} for (t, a), s in zip(self.amax.items(), self.scales().values(), strict=True)}}
+        Path(path).write_text(json.dumps(data, indent=1, sort_keys=False))
+
+
+def calibrate(model: onnx.ModelProto, data: Dataset, config: QuantConfig = QuantConfig(),
+              options: CalibrationOptions = CalibrationOptions(), formats: tuple[ActivationFormat, ...] | None = None,
+              progress: bool = True) -> ActivationStats:
+    tensors = required_tensors(model, config, formats)
+    batches = (b.x for b in data.batches(options.batch_size))
+    return collect_statistics(model, tensors, batches, total_images=len(data), threads=options.threads, progress=progress)
+
+
+def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: QuantConfig = QuantConfig(),
+                   options: CalibrationOptions = CalibrationOptions()) -> QuantizedGraph:
+    t0 = time.perf_counter()
+    amax = stats.amax(options.method, **options.params())
+    qmodel, report = insert_qdq(model, amax, config)
+    qmodel.producer_name = "edge-resnet"
+    timings = {"calibration_s": stats.seconds, "quantize_s": time.perf_counter() - t0}
+    log.info("%s", report)
+    return QuantizedGraph(qmodel, amax, report, stats, options, config, timings)
+
+
+def quantize(model: onnx.ModelProto, data: Dataset, config: QuantConfig = QuantConfig(),
+             options: CalibrationOptions = CalibrationOptions(), progress: bool = True) -> QuantizedGraph:
+    """Calibrate on ``data`` and return the Q/DQ graph for ``config.activation_format``."""
+    stats = calibrate(model, data, config, options, progress=progress)
+    return quantize_graph(model, stats, config, options)
+
+
+def options_dict(options: CalibrationOptions) -> dict:
+    d = asdict(options)
+    d["method"] = options.method.value
+    return d
+
+
+def run_onnx(model: onnx.ModelProto | str | Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Run a (float or Q/DQ) ONNX model in ONNX Runtime on one batch: the reference executor."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]

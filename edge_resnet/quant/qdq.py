@@ -1,0 +1,357 @@
+"""Insert QuantizeLinear/DequantizeLinear into a BN-folded float ResNet graph.
+
+Placement (one statistics set, two formats, chosen by the target):
+
+- Weights of every Conv and Gemm: int8, per output channel, symmetric in [-127, 127], stored as
+  int8 initializers behind a DequantizeLinear (axis = output channel).
+- Activations: per-tensor symmetric, scale = amax / 127.
+  * S8S8 (TensorRT explicit quantization, OpenVINO): int8, zero point 0. Q/DQ on the *inputs* of
+    Conv, Gemm and pooling, and on the *residual* input of every Add, following TensorRT's
+    placement recommendations: quantize inputs of weighted ops, not their outputs; quantize the
+    residual (identity) branch of the add (NVIDIA/TensorRT#1992). The Add's other input, a conv
+    output, gets no Q/DQ: TensorRT then fuses Conv + Add + ReLU into one int8 kernel, while a Q/DQ
+    there "forces the separation" of conv and add (TensorRT developer guide, Q/DQ placement,
+    fig. 9; NVIDIA/TensorRT#3270; ModelOpt's remove_partial_input_qdq). Both inputs of the add
+    are therefore int8 in the engine. An Add whose inputs are not conv outputs gets both.
+  * U8S8 (ONNX Runtime on x86): uint8, zero point 128, the same input Q/DQ plus a Q/DQ on the
+    *outputs* of Conv, Add and pooling: ORT fuses DQ->Conv->Q into QLinearConv and DQ->Add->Q into
+    QLinearAdd only when a Q directly follows the op (a ReLU in between leaves the conv in float),
+    and it wants the bias as int32 (scale = input scale x weight scale) behind a DequantizeLinear.
+- Scale-preserving ops (MaxPool, Flatten, Reshape) give their output the scale of their input, so
+  backends can run them in int8 without requantizing.
+- The graph output stays float (no Q/DQ after the last Gemm).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_resnet.errors import QuantizationError
+from edge_resnet.types import ActivationFormat
+
+log = logging.getLogger(__name__)
+
+WEIGHTED_OPS = frozenset({"Conv", "Gemm"})
+INT8_OPS = frozenset({"Conv", "Gemm", "Add", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"})
+SCALE_PRESERVING = frozenset({"MaxPool", "GlobalMaxPool", "Flatten", "Reshape"})
+_OUTPUT_QUANTIZED = frozenset({"Conv", "Add", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"})
+WEIGHT_QMAX = 127
+MIN_SCALE = 1e-12
+
+
+@dataclass(frozen=True)
+class FormatRule:
+    """How one activation format is written into the graph."""
+
+    dtype: int  # onnx TensorProto element type of quantized activations
+    zero_point: int
+    quantize_outputs: bool  # also Q/DQ the outputs of Conv/Add/pooling (ORT fusion)
+    int32_bias: bool
+    fuse_residual: bool = False  # leave the conv-branch input of a residual Add unquantized (TensorRT)
+
+    @property
+    def np_dtype(self) -> type:
+        return np.uint8 if self.dtype == TensorProto.UINT8 else np.int8
+
+
+FORMAT_RULES: dict[ActivationFormat, FormatRule] = {
+    ActivationFormat.S8S8: FormatRule(TensorProto.INT8, 0, quantize_outputs=False, int32_bias=False, fuse_residual=True),
+    ActivationFormat.U8S8: FormatRule(TensorProto.UINT8, 128, quantize_outputs=True, int32_bias=True),
+}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    activation_format: ActivationFormat = ActivationFormat.S8S8
+    exclude: tuple[str, ...] = ()  # node names (module names, e.g. "conv1", "fc") or op types ("Gemm")
+
+    def excludes(self, node: onnx.NodeProto) -> bool:
+        return node.name in self.exclude or node.op_type in self.exclude
+
+
+@dataclass
+class QDQReport:
+    quantized: Counter = field(default_factory=Counter)  # op type -> count of int8 nodes
+    kept_float: list[str] = field(default_factory=list)
+    activation_tensors: int = 0
+
+    def __str__(self) -> str:
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(self.quantized.items()))
+        kept = f"; kept float: {', '.join(self.kept_float)}" if self.kept_float else ""
+        return f"quantized {ops} ({self.activation_tensors} activation tensors){kept}"
+
+
+class _Graph:
+    """Index of a graph: producers, consumers, initializers."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.inits = {i.name: i for i in g.initializer}
+        for node in g.node:  # Constant nodes count as initializers for our purpose
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.inits[node.output[0]] = node.attribute[0].t
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in g.node:
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.outputs = {o.name for o in g.output}
+        # snapshot: the Q/DQ writer rewires inputs, scale lookups must see the float graph
+        self.first_input = {o: n.input[0] for n in g.node for o in n.output if n.input}
+
+    def fusable_conv_branch(self, add: onnx.NodeProto, quantized: set[str]) -> str | None:
+        """The input of a residual Add that comes straight from a quantized Conv used only there."""
+        inputs = self.activation_inputs(add)
+        for t in inputs:
+            src = self.producer.get(t)
+            if src is not None and src.op_type == "Conv" and src.name in quantized and len(self.consumers[t]) == 1:
+                other = [i for i in inputs if i != t]
+                if other:  # the residual branch keeps its Q/DQ
+                    return t
+        return None
+
+    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
+        if node.op_type in WEIGHTED_OPS or node.op_type in ("MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"):
+            return [node.input[0]]
+        if node.op_type == "Add":
+            return [i for i in node.input if i not in self.inits]
+        return []
+
+
+def quantized_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[onnx.NodeProto]:
+    g = _Graph(model)
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in INT8_OPS or config.excludes(node):
+            continue
+        if node.op_type in WEIGHTED_OPS and (len(node.input) < 2 or node.input[1] not in g.inits):
+            continue  # a conv whose weight is computed at run time is not a ResNet layer we quantize
+        if node.op_type == "Add" and len(g.activation_inputs(node)) != 2:
+            continue  # a bias add, not a residual add
+        out.append(node)
+    return out
+
+
+def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
+                     formats: tuple[ActivationFormat, ...] | None = None) -> list[str]:
+    """The activation tensors calibration must measure, in graph order.
+
+    With ``formats`` (default: the config's one) the union over them, so one statistics pass can
+    serve targets of several formats.
+    """
+    config = config or QuantConfig()
+    fmts = formats or (config.activation_format,)
+    g = _Graph(model)
+    wanted: dict[str, None] = {}
+    nodes = quantized_nodes(model, config)
+    names = {n.name for n in nodes}
+    fuse_all = all(FORMAT_RULES[f].fuse_residual for f in fmts)
+    for node in nodes:
+        skip = g.fusable_conv_branch(node, names) if node.op_type == "Add" and fuse_all else None
+        for t in g.activation_inputs(node):
+            if t != skip:
+                wanted[_scale_source(g, t)] = None
+        outputs_too = any(FORMAT_RULES[f].quantize_outputs for f in fmts)
+        if outputs_too and node.op_type in _OUTPUT_QUANTIZED and node.output[0] not in g.outputs:
+            wanted[_scale_source(g, node.output[0])] = None
+    return list(wanted)
+
+
+def _scale_source(g: _Graph, tensor: str) -> str:
+    """The tensor whose statistics give this tensor's scale.
+
+    Scale-preserving ops (MaxPool, Flatten) are followed back to their input. A tensor whose only
+    consumer is a ReLU (a conv or add output in U8S8) takes the ReLU output's statistics: the
+    negative side is zeroed by the ReLU anyway, and DQ -> Relu -> Q with one scale adds no error.
+    """
+    seen = 0
+    while tensor in g.producer and g.producer[tensor].op_type in SCALE_PRESERVING and seen < 100:
+        tensor = g.first_input[tensor]
+        seen += 1
+    users = g.consumers.get(tensor, [])
+    if len(users) == 1 and users[0].op_type == "Relu" and tensor not in g.outputs:
+        return users[0].output[0]
+    return tensor
+
+
+def quantize_weights(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8: returns (int8 weights, float32 scales along ``axis``)."""
+    w64 = np.moveaxis(w.astype(np.float64), axis, 0)
+    amax = np.abs(w64.reshape(w64.shape[0], -1)).max(axis=1)
+    scale = np.maximum(amax / WEIGHT_QMAX, MIN_SCALE).astype(np.float32)
+    shape = (-1,) + (1,) * (w64.ndim - 1)
+    q = np.clip(np.rint(w64 / scale.astype(np.float64).reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return np.moveaxis(q, 0, axis), scale
+
+
+def activation_scale(amax: float) -> float:
+    return float(np.float32(max(float(amax), MIN_SCALE * 127) / 127.0))
+
+
+def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConfig) -> tuple[onnx.ModelProto, QDQReport]:
+    """Return a Q/DQ copy of ``model`` using per-tensor ``amax`` (from calibration)."""
+    rule = FORMAT_RULES[config.activation_format]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = _Graph(out)
+    nodes = quantized_nodes(out, config)
+    report = QDQReport()
+    report.kept_float = [n.name for n in out.graph.node if n.op_type in INT8_OPS and n not in nodes and config.excludes(n)]
+    writer = _Writer(out, g, rule, amax)
+
+    names = {n.name for n in nodes}
+    fused = {n.name: g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if rule.fuse_residual else {}
+    for node in nodes:
+        skip = fused.get(node.name)
+        for idx, t in enumerate(node.input):
+            if t in g.activation_inputs(node) and t != skip:
+                node.input[idx] = writer.dequantized(t)
+        if node.op_type in WEIGHTED_OPS:
+            writer.quantize_weight(node)
+        report.quantized[node.op_type] += 1
+    if rule.quantize_outputs:
+        for node in nodes:
+            t = node.output[0]
+            if node.op_type in _OUTPUT_QUANTIZED and t not in g.outputs:
+                dq = writer.dequantized(t)
+                for consumer in g.consumers[t]:
+                    if consumer.name.startswith("_qdq/"):
+                        continue
+                    for idx, name in enumerate(consumer.input):
+                        if name == t:
+                            consumer.input[idx] = dq
+    report.activation_tensors = len(writer.done)
+    out.graph.initializer.extend(writer.new_inits)
+    _toposort(out.graph)
+    _drop_unused_initializers(out.graph)
+    return out, report
+
+
+class _Writer:
+    def __init__(self, model: onnx.ModelProto, g: _Graph, rule: FormatRule, amax: dict[str, float]) -> None:
+        self.model, self.g, self.rule, self.amax = model, g, rule, amax
+        self.done: dict[str, str] = {}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.scales: dict[str, float] = {}
+
+    def scale_of(self, tensor: str) -> float:
+        src = _scale_source(self.g, tensor)
+        if src not in self.amax:
+            raise QuantizationError(
+                f"no calibration statistics for tensor {src!r}",
+                "calibrate the same float graph that is being quantized",
+            )
+        return activation_scale(self.amax[src])
+
+    def dequantized(self, tensor: str) -> str:
+        """Name of DQ(Q(tensor)), creating the pair once per tensor."""
+        if tensor in self.done:
+            return self.done[tensor]
+        scale = self.scale_of(tensor)
+        self.scales[tensor] = scale
+        s_name, z_name = f"{tensor}_scale", f"{tensor}_zero_point"
+        self.new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
+        self.new_inits.append(numpy_helper.from_array(np.array(self.rule.zero_point, dtype=self.rule.np_dtype), z_name))
+        q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
+        self.model.graph.node.extend([
+            helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q], name=f"_qdq/{tensor}/Q"),
+            helper.make_node("DequantizeLinear", [q, s_name, z_name], [dq], name=f"_qdq/{tensor}/DQ"),
+        ])
+        self.done[tensor] = dq
+        return dq
+
+    def quantize_weight(self, node: onnx.NodeProto) -> None:
+        w_name = node.input[1]
+        w = numpy_helper.to_array(self.g.inits[w_name])
+        axis = 0
+        if node.op_type == "Gemm":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            axis = 0 if attrs.get("transB", 0) else 1  # the output-feature axis of B
+        q, scale = quantize_weights(w, axis)
+        base = node.name or w_name
+        qn, sn, zn = f"{base}.weight_quantized", f"{base}.weight_scale", f"{base}.weight_zero_point"
+        self.new_inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn),
+                           numpy_helper.from_array(np.zeros(scale.shape, np.int8), zn)]
+        dq = f"{base}.weight_dequantized"
+        self.model.graph.node.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dq], name=f"_qdq/{base}/weight_DQ", axis=axis))
+        node.input[1] = dq
+        if self.rule.int32_bias and len(node.input) > 2 and node.input[2] in self.g.inits:
+            self._quantize_bias(node, scale, base)
+
+    def _quantize_bias(self, node: onnx.NodeProto, w_scale: np.ndarray, base: str) -> None:
+        b = numpy_helper.to_array(self.g.inits[node.input[2]]).astype(np.float64)
+        x_scale = self.scales.get(node.input[0].removesuffix("_dequantized"))
+        if x_scale is None:
+            return
+        b_scale = (np.float64(x_scale) * w_scale.astype(np.float64)).astype(np.float32)
+        q = np.rint(b / np.maximum(b_scale.astype(np.float64), 1e-30))
+        if np.abs(q).max(initial=0) >= 2**31 - 1:
+            log.warning("bias of %s does not fit int32 at scale %g: kept float", node.name, x_scale)
+            return
+        qn, sn, zn = f"{base}.bias_quantized", f"{base}.bias_scale", f"{base}.bias_zero_point"
+        self.new_inits += [numpy_helper.from_array(q.astype(np.int32), qn), numpy_helper.from_array(b_scale, sn),
+                           numpy_helper.from_array(np.zeros(b_scale.shape, np.int32), zn)]
+        dq = f"{base}.bias_dequantized"
+        self.model.graph.node.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dq], name=f"_qdq/{base}/bias_DQ", axis=0))
+        node.input[2] = dq
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    # Kahn's algorithm, keeping the original order among ready nodes (deterministic)
+    waiting_on: dict[str, list[int]] = defaultdict(list)
+    missing = []
+    for idx, node in enumerate(pending):
+        need = {i for i in node.input if i not in available}
+        missing.append(need)
+        for i in need:
+            waiting_on[i].append(idx)
+    import heapq
+
+    ready = [idx for idx, need in enumerate(missing) if not need]
+    heapq.heapify(ready)
+    while ready:
+        idx = heapq.heappop(ready)
+        ordered.append(pending[idx])
+        for o in pending[idx].output:
+            for j in waiting_on.pop(o, []):
+                missing[j].discard(o)
+                if not missing[j]:
+                    heapq.heappush(ready, j)
+    if len(ordered) != len(pending):
+        raise QuantizationError("the Q/DQ graph has a cycle or a dangling input", "report this as a bug")
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def count_int8_ops(model: onnx.ModelProto) -> Counter:
+    """Ops that run in int8: every activation/weight input comes from a DequantizeLinear, or (the
+    conv branch of a TensorRT residual add) straight from an int8 Conv that the add fuses into."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    counts: Counter = Counter()
+
+    def int8(name: str, op: str) -> bool:
+        src = producers.get(name)
+        return src is not None and (src.op_type == "DequantizeLinear" or (op == "Add" and src.op_type == "Conv" and int8(src.input[0], "Conv")))
+
+    for node in model.graph.node:
+        if node.op_type in INT8_OPS and node.input:
+            ins = [i for i in node.input[:2] if i]
+            if all(int8(i, node.op_type) for i in ins):
+                counts[node.op_type] += 1
+    return counts

@@ -1,0 +1,154 @@
+"""The Q/DQ graph: placement, formats, ORT fusion, fidelity on real data, determinism."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import cosine
+
+from edge_resnet.data import open_dataset
+from edge_resnet.graph.export import export_float_graph
+from edge_resnet.models import build_model
+from edge_resnet.quant.pipeline import CalibrationOptions, calibrate, quantize, quantize_graph, run_onnx
+from edge_resnet.quant.qdq import QuantConfig, count_int8_ops, insert_qdq, quantize_weights
+from edge_resnet.types import ActivationFormat
+
+S8, U8 = ActivationFormat.S8S8, ActivationFormat.U8S8
+
+
+def _ort_optimized_ops(model: onnx.ModelProto, tmp_path) -> Counter:
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+
+
+@pytest.fixture(scope="module")
+def r50_random():
+    """ResNet-50 with random weights at 64x64 and its statistics on 32 digits (structure tests)."""
+    import torch
+
+    torch.manual_seed(0)
+    fg = export_float_graph(build_model("resnet50", num_classes=10).eval(), 64)
+    from edge_resnet.train import DigitsRecipe
+
+    spec = DigitsRecipe(input_size=64).spec()
+    stats = calibrate(fg.model, open_dataset("digits:train", spec, count=32), QuantConfig(U8),
+                      formats=(S8, U8), progress=False)
+    return fg.model, stats
+
+
+def test_weights_per_channel_symmetric():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 4, 3, 3)).astype(np.float32) * np.arange(1, 9, dtype=np.float32)[:, None, None, None]
+    q, s = quantize_weights(w)
+    assert q.dtype == np.int8 and q.min() >= -127 and q.max() <= 127
+    np.testing.assert_allclose(s, np.abs(w).reshape(8, -1).max(1) / 127, rtol=1e-6)
+    assert (np.abs(q).reshape(8, -1).max(1) == 127).all()  # each channel uses its full range
+    np.testing.assert_allclose(q * s[:, None, None, None], w, atol=s.max() / 2 + 1e-7)
+
+
+@pytest.mark.parametrize(("name", "convs", "adds"), [("resnet18", 20, 8), ("resnet50", 53, 16)])
+def test_u8s8_every_conv_becomes_qlinearconv_in_ort(tmp_path, name, convs, adds, r50_random):
+    import torch
+
+    if name == "resnet50":
+        model, stats = r50_random
+    else:
+        torch.manual_seed(0)
+        model = export_float_graph(build_model(name, num_classes=10).eval(), 64).model
+        from edge_resnet.train import DigitsRecipe
+
+        stats = calibrate(model, open_dataset("digits:train", DigitsRecipe(input_size=64).spec(), count=32),
+                          QuantConfig(U8), progress=False)
+    qg = quantize_graph(model, stats, QuantConfig(U8))
+    assert count_int8_ops(qg.model) == Counter({"Conv": convs, "Add": adds, "MaxPool": 1, "GlobalAveragePool": 1, "Gemm": 1})
+    ops = _ort_optimized_ops(qg.model, tmp_path)
+    assert ops["QLinearConv"] == convs and ops["Conv"] == 0 and ops["FusedConv"] == 0
+    assert ops["QLinearAdd"] == adds and ops["Add"] == 0
+    assert ops["QLinearGlobalAveragePool"] == 1 and ops["QGemm"] == 1
+
+
+def test_s8s8_follows_tensorrt_placement(r50_random):
+    """Inputs of convs quantized, outputs not; each residual Add has its identity input quantized
+    and its conv-branch input straight from the conv (TensorRT fuses conv + add + relu)."""
+    model, stats = r50_random
+    q = quantize_graph(model, stats, QuantConfig(S8)).model
+    producers = {o: n for n in q.graph.node for o in n.output}
+    consumers = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    adds = [n for n in q.graph.node if n.op_type == "Add"]
+    assert len(adds) == 16
+    requantized = []
+    for node in q.graph.node:
+        if node.op_type == "Conv":
+            assert all(producers[i].op_type == "DequantizeLinear" for i in node.input[:2]), node.name
+            assert len(node.input) < 3 or node.input[2] not in producers  # float bias
+            if any(c.op_type == "QuantizeLinear" for c in consumers[node.output[0]]):
+                requantized.append(node.name)
+    for add in adds:
+        kinds = sorted(producers[i].op_type for i in add.input)
+        assert kinds == ["Conv", "DequantizeLinear"], (add.name, kinds)
+    # only the projection shortcuts are requantized: they are the residual input of their add
+    assert requantized == [f"layer{i}.0.downsample.0" for i in (1, 2, 3, 4)]
+    assert count_int8_ops(q) == Counter({"Conv": 53, "Add": 16, "MaxPool": 1, "GlobalAveragePool": 1, "Gemm": 1})
+    zps = [i for i in q.graph.initializer if i.name.endswith("_zero_point") and not i.name.endswith("weight_zero_point")]
+    assert zps and all(i.data_type == onnx.TensorProto.INT8 for i in zps)
+    assert producers["logits"].op_type == "Gemm"  # the output stays float
+
+
+def test_exclude_keeps_layers_float(r50_random):
+    model, stats = r50_random
+    qg = quantize_graph(model, stats, QuantConfig(S8, exclude=("conv1", "Gemm")))
+    assert set(qg.report.kept_float) == {"conv1", "fc"}
+    counts = count_int8_ops(qg.model)
+    assert counts["Conv"] == 52 and counts["Gemm"] == 0
+    weights = {i.name for i in qg.model.graph.initializer}
+    assert "conv1.weight" in weights and "fc.weight" in weights  # still float initializers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", [S8, U8])
+def test_fidelity_on_real_digits(digits_r18, fmt):
+    """The issue's bar: >= 99.5% top-1 agreement and mean logit cosine >= 0.999 on digits:test."""
+    calib = open_dataset("digits:train", digits_r18.spec, count=256)
+    qg = quantize(digits_r18.float_graph, calib, QuantConfig(fmt), progress=False)
+    x, _ = digits_r18.arrays("test")
+    ref, out = run_onnx(digits_r18.float_graph, x), run_onnx(qg.model, x)
+    agreement = (ref.argmax(1) == out.argmax(1)).mean()
+    assert agreement >= 0.995, agreement
+    assert cosine(ref, out).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_quantized_model_really_quantizes(digits_r18):
+    """Negative control: the Q/DQ model differs from float (it is not a pass-through) and a
+    deliberately bad calibration (amax 100x too small) destroys fidelity."""
+    calib = open_dataset("digits:train", digits_r18.spec, count=64)
+    stats = calibrate(digits_r18.float_graph, calib, QuantConfig(S8), progress=False)
+    qg = quantize_graph(digits_r18.float_graph, stats, QuantConfig(S8))
+    x, _ = digits_r18.arrays("test", count=128)
+    ref, out = run_onnx(digits_r18.float_graph, x), run_onnx(qg.model, x)
+    assert not np.allclose(ref, out, atol=1e-5)
+    amax = {t: a / 100 for t, a in stats.amax("minmax").items()}  # every range 100x too small
+    bad, _ = insert_qdq(digits_r18.float_graph, amax, QuantConfig(S8))
+    assert cosine(ref, run_onnx(bad, x)).mean() < 0.99
+
+
+@pytest.mark.slow
+def test_bit_for_bit_deterministic(digits_r18, tmp_path):
+    paths = []
+    for i in range(2):
+        calib = open_dataset("digits:train", digits_r18.spec, count=96, seed=3)
+        qg = quantize(digits_r18.float_graph, calib, QuantConfig(U8), CalibrationOptions(method="entropy"), progress=False)
+        p = tmp_path / f"q{i}.onnx"
+        p.write_bytes(qg.model.SerializeToString())
+        paths.append(p)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
