@@ -1,0 +1,1 @@
+"""Deployment bundles for devices that build their own engine (Jetson: trtexec + DeepStream)."""

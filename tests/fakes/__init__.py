@@ -1,0 +1,1 @@
+"""Test doubles for libraries that cannot be installed on CI (TensorRT, CUDA)."""

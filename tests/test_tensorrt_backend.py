@@ -1,0 +1,597 @@
+"""TensorRT backend: the version-dependent build plan, our orchestration of the (fake) TensorRT API per
+version, the portability check, and one real end-to-end build where TensorRT and a GPU exist."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fakes.fake_tensorrt import PLAN_MAGIC, TIMING_MAGIC, FakeCuda, FakeTensorRT
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_resnet.backends import tensorrt as trt_backend
+from edge_resnet.backends.base import Artifact
+from edge_resnet.backends.tensorrt import (
+    BuildPlan,
+    DeviceInfo,
+    TensorRTBackend,
+    build_engine,
+    check_engine_portability,
+    check_onnx_for_plan,
+    plan_build,
+    summarize_onnx,
+    tensorrt_versions_ok,
+)
+from edge_resnet.errors import BackendError, BackendUnavailable, BundleError
+from edge_resnet.quant.trt_cache import write_calibration_cache
+from edge_resnet.targets import BatchRange, TargetProfile, TensorRTOptions
+from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
+
+SHAPE = (3, 32, 32)
+DEFAULT_BATCH = BatchRange(1, 4, 8)
+NUM_CLASSES = 10
+RTX = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
+ORIN = DeviceInfo("Orin", "8.7")
+
+# ------------------------------------------------------------------------------------------- profiles
+
+
+def _profile(name: str, *, platform: str = "desktop", versions: str = ">=8.6", dla: int | None = None,
+             quant_mode: QuantMode = QuantMode.EXPLICIT, fallback: Precision = Precision.FP16,
+             batch: BatchRange = DEFAULT_BATCH, fmt: ActivationFormat = ActivationFormat.S8S8) -> TargetProfile:
+    return TargetProfile(
+        name=name, description=name, backend=BackendName.TENSORRT, device="cuda:0", activation_format=fmt,
+        quant_mode=quant_mode, fallback_precision=fallback, platform=platform, batch=batch,
+        tensorrt=TensorRTOptions(versions=versions, dla_core=dla, workspace_mb=512),
+    )
+
+
+DESKTOP = _profile("desktop-gpu-int8")
+ORIN_GPU = _profile("orin-int8", platform="jetson", versions=">=8.6,<12", fallback=Precision.FP32)
+ORIN_DLA = _profile("orin-dla-int8", platform="jetson", versions=">=8.6,<12", dla=0, batch=BatchRange(1, 2, 4))
+XAVIER_NX = _profile("xavier-nx-int8", platform="jetson", versions=">=8.5", quant_mode=QuantMode.IMPLICIT)
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def make_onnx(path: Path, *, qdq: bool = False, fp16: bool = False, batch: int | str = "N",
+              op: str = "Relu") -> Path:
+    """A tiny conv classifier: conv -> act -> global pool -> flatten -> gemm. ``qdq`` adds a Q/DQ pair."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (NUM_CLASSES, 16)).astype(np.float32), "w3"),
+        numpy_helper.from_array(np.zeros(NUM_CLASSES, np.float32), "b3"),
+    ]
+    nodes = []
+    x = "input"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+                  numpy_helper.from_array(np.array(0, np.int8), "zp")]
+        nodes += [helper.make_node("QuantizeLinear", ["input", "s", "zp"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"])]
+        x = "dq"
+    if fp16:
+        nodes.append(helper.make_node("Cast", [x], ["x16"], to=TensorProto.FLOAT16))
+        nodes.append(helper.make_node("Cast", ["x16"], ["x32"], to=TensorProto.FLOAT))
+        x = "x32"
+    nodes += [
+        helper.make_node("Conv", [x, "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node(op, ["c1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, NUM_CLASSES])], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what TensorRT 8.6's parser knows
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def qdq_onnx(tmp_path: Path) -> Path:
+    return make_onnx(tmp_path / "model_qdq.onnx", qdq=True)
+
+
+@pytest.fixture
+def float_onnx(tmp_path: Path) -> Path:
+    return make_onnx(tmp_path / "model_float.onnx")
+
+
+# ------------------------------------------------------------------------------------- plan per version
+
+PLAN_CASES = [
+    # profile, version, precision -> network flags, builder flags, io api
+    (DESKTOP, "8.6.1", Precision.INT8, ("EXPLICIT_BATCH",), ("INT8", "FP16"), "bindings"),
+    (DESKTOP, "10.3.0", Precision.INT8, (), ("INT8", "FP16"), "tensors"),
+    (DESKTOP, "11.0.0", Precision.INT8, ("STRONGLY_TYPED",), (), "tensors"),
+    (DESKTOP, "8.6.1", Precision.FP16, ("EXPLICIT_BATCH",), ("FP16",), "bindings"),
+    (DESKTOP, "10.3.0", Precision.FP16, (), ("FP16",), "tensors"),
+    (DESKTOP, "11.0.0", Precision.FP16, ("STRONGLY_TYPED",), (), "tensors"),
+    (DESKTOP, "10.3.0", Precision.FP32, ("STRONGLY_TYPED",), (), "tensors"),
+    (ORIN_GPU, "8.6.2", Precision.INT8, ("EXPLICIT_BATCH",), ("INT8",), "bindings"),
+    (ORIN_GPU, "10.3.0", Precision.INT8, (), ("INT8",), "tensors"),
+    (ORIN_DLA, "8.6.2", Precision.INT8, ("EXPLICIT_BATCH",), ("INT8", "FP16", "GPU_FALLBACK"), "bindings"),
+    (ORIN_DLA, "10.3.0", Precision.INT8, (), ("INT8", "FP16", "GPU_FALLBACK"), "tensors"),
+    (ORIN_DLA, "10.3.0", Precision.FP16, (), ("FP16", "GPU_FALLBACK"), "tensors"),
+    (ORIN_DLA, "11.4.1", Precision.INT8, ("STRONGLY_TYPED",), ("GPU_FALLBACK",), "tensors"),
+    (XAVIER_NX, "8.5.2", Precision.INT8, ("EXPLICIT_BATCH",), ("INT8", "FP16"), "bindings"),
+    (XAVIER_NX, "8.6.2", Precision.INT8, ("EXPLICIT_BATCH",), ("INT8", "FP16"), "bindings"),
+]
+
+
+@pytest.mark.parametrize(("profile", "version", "precision", "net", "flags", "io"), PLAN_CASES,
+                         ids=[f"{c[0].name}-{c[1]}-{c[2].value}" for c in PLAN_CASES])
+def test_plan_flags_per_version(profile, version, precision, net, flags, io) -> None:
+    plan = plan_build(version, profile, precision, SHAPE)
+    assert (plan.network_flags, plan.builder_flags, plan.io_api) == (net, flags, io)
+    assert plan.workspace_bytes == 512 * 2**20
+    assert plan.generation == int(version.split(".")[0])
+
+
+def test_plan_gpu_profile_shapes_follow_batch_range() -> None:
+    plan = plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE)
+    assert (plan.min_shape, plan.opt_shape, plan.max_shape) == ((1, *SHAPE), (4, *SHAPE), (8, *SHAPE))
+    assert plan.dla_core is None and plan.calibration_cache is None and not plan.static_batch
+
+
+def test_plan_dla_is_static_at_opt_batch(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        plan = plan_build("10.3.0", ORIN_DLA, Precision.INT8, SHAPE)
+    assert plan.dla_core == 0 and plan.static_batch
+    assert plan.min_shape == plan.opt_shape == plan.max_shape == (2, *SHAPE)
+    assert "DLA needs static shapes" in caplog.text
+
+
+def test_plan_implicit_xavier_reads_calibration_cache() -> None:
+    plan = plan_build("8.5.2", XAVIER_NX, Precision.INT8, SHAPE)
+    assert plan.quant_mode == QuantMode.IMPLICIT and plan.calibration_cache == "calibration.cache"
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "10.13.2", "11.0.0"])
+def test_plan_implicit_refused_on_tensorrt_10_and_later(version: str) -> None:
+    profile = _profile("xavier-nx-int8", platform="jetson", versions=">=8.5", quant_mode=QuantMode.IMPLICIT)
+    with pytest.raises(BackendError, match="implicit INT8 calibration.*deprecated.*removed") as exc:
+        plan_build(version, profile, Precision.INT8, SHAPE)
+    assert "explicit (Q/DQ) profile" in str(exc.value)
+
+
+def test_plan_implicit_needs_int8() -> None:
+    with pytest.raises(BackendError, match="implicit-INT8 profile but precision fp16"):
+        plan_build("8.5.2", XAVIER_NX, Precision.FP16, SHAPE)
+
+
+def test_plan_trt11_fp16_needs_an_fp16_onnx() -> None:
+    plan = plan_build("11.0.0", DESKTOP, Precision.FP16, SHAPE)
+    assert plan.onnx_precision == "fp16"
+    assert any("ModelOpt AutoCast" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize(
+    ("version", "profile", "match"),
+    [
+        ("8.4.3", DESKTOP, "too old for a desktop target"),
+        ("8.5.2", DESKTOP, "too old for a desktop target"),
+        ("8.4.1", XAVIER_NX, "too old for a jetson target"),
+        ("7.2.3", ORIN_GPU, "too old"),
+        ("9.2.0", DESKTOP, "not supported.*LLM-only"),
+        ("12.0.0", DESKTOP, "not supported"),
+        ("11.1.0", _profile("upto10", versions=">=8.6,<11"), r"outside the versions target upto10 accepts \(>=8.6,<11\)"),
+        ("10.3.0", _profile("pinned", versions="==8.6"), r"outside the versions target pinned accepts \(==8.6\)"),
+    ],
+)
+def test_unsupported_versions_are_refused(version: str, profile: TargetProfile, match: str) -> None:
+    with pytest.raises(BackendError, match=match):
+        plan_build(version, profile, Precision.INT8, SHAPE)
+
+
+def test_dla_fp32_refused() -> None:
+    with pytest.raises(BackendError, match="only computes in FP16 or INT8"):
+        plan_build("10.3.0", ORIN_DLA, Precision.FP32, SHAPE)
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "11.3.0", "11.4.0"])
+def test_dla_refused_on_tensorrt_11_before_11_4_1(version: str) -> None:
+    with pytest.raises(BackendError, match="no DLA support"):
+        plan_build(version, ORIN_DLA, Precision.INT8, SHAPE)
+
+
+def test_u8s8_profile_refused_for_tensorrt_int8() -> None:
+    with pytest.raises(BackendError, match="zero point 0"):
+        plan_build("10.3.0", _profile("u8", fmt=ActivationFormat.U8S8), Precision.INT8, SHAPE)
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "ok"),
+    [("8.6.1", ">=8.6", True), ("8.5.2", ">=8.6", False), ("10.3.0", ">=10,<12", True), ("12.0.0", ">=10,<12", False),
+     ("8.6.1", "==8.6", True), ("8.5.2", "==8.6", False), ("10.3.0.26", ">=10.3", True), ("10.3.0", "!=10.3", False),
+     ("11.0.0", "", True)],
+)
+def test_versions_specifier(version: str, spec: str, ok: bool) -> None:
+    assert tensorrt_versions_ok(version, spec) is ok
+
+
+def test_plan_to_dict_is_plain_data() -> None:
+    d = plan_build("8.6.1", ORIN_DLA, Precision.INT8, SHAPE).to_dict()
+    assert d["generation"] == 8 and d["precision"] == "int8" and d["min_shape"] == [2, 3, 32, 32]
+
+
+# ---------------------------------------------------------------------------------------- ONNX checks
+
+
+def test_summarize_onnx(qdq_onnx: Path) -> None:
+    s = summarize_onnx(qdq_onnx)
+    assert (s.input_name, s.input_shape, s.batch_dim) == ("input", SHAPE, None)
+    assert "QuantizeLinear" in s.op_types and not s.has_float16
+
+
+def test_int8_build_needs_qdq(float_onnx: Path) -> None:
+    plan = plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE)
+    with pytest.raises(BackendError, match="no QuantizeLinear nodes"):
+        check_onnx_for_plan(summarize_onnx(float_onnx), plan, float_onnx)
+
+
+def test_implicit_build_needs_float_onnx(qdq_onnx: Path) -> None:
+    plan = plan_build("8.5.2", XAVIER_NX, Precision.INT8, SHAPE)
+    with pytest.raises(BackendError, match="pass the float ONNX"):
+        check_onnx_for_plan(summarize_onnx(qdq_onnx), plan, qdq_onnx)
+
+
+def test_trt11_fp16_refuses_fp32_onnx_and_accepts_fp16(tmp_path: Path, float_onnx: Path) -> None:
+    plan = plan_build("11.0.0", DESKTOP, Precision.FP16, SHAPE)
+    with pytest.raises(BackendError, match="modelopt.onnx.autocast"):
+        check_onnx_for_plan(summarize_onnx(float_onnx), plan, float_onnx)
+    fp16 = make_onnx(tmp_path / "fp16.onnx", fp16=True)
+    check_onnx_for_plan(summarize_onnx(fp16), plan, fp16)
+
+
+def test_fixed_batch_onnx_refused_for_a_batch_range(tmp_path: Path) -> None:
+    fixed = make_onnx(tmp_path / "fixed.onnx", qdq=True, batch=1)
+    plan = plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE)
+    with pytest.raises(BackendError, match=r"(?s)fixed batch of 1.*dynamic batch axis"):
+        check_onnx_for_plan(summarize_onnx(fixed), plan, fixed)
+
+
+def test_unreadable_onnx(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(BackendError, match="cannot read ONNX file"):
+        summarize_onnx(bad)
+
+
+# ------------------------------------------------------------------ recorded calls match the plan (fakes)
+
+BUILD_CASES = [
+    ("8.6.1", DESKTOP, Precision.INT8),
+    ("10.3.0", DESKTOP, Precision.INT8),
+    ("11.0.0", DESKTOP, Precision.INT8),
+    ("10.3.0", DESKTOP, Precision.FP32),
+    ("8.6.1", ORIN_DLA, Precision.INT8),
+    ("10.3.0", ORIN_DLA, Precision.INT8),
+]
+
+
+@pytest.mark.parametrize(("version", "profile", "precision"), BUILD_CASES,
+                         ids=[f"{v}-{p.name}-{q.value}" for v, p, q in BUILD_CASES])
+def test_recorded_calls_match_plan(tmp_path: Path, qdq_onnx: Path, float_onnx: Path, version: str,
+                                   profile: TargetProfile, precision: Precision) -> None:
+    fake = FakeTensorRT(version, dla_cores=2)
+    plan = plan_build(version, profile, precision, SHAPE)
+    onnx_path = qdq_onnx if precision == Precision.INT8 else float_onnx
+    engine = build_engine(onnx_path, plan, tmp_path / "out", trt=fake)
+
+    expected_mask = sum(1 << int(getattr(fake.NetworkDefinitionCreationFlag, f)) for f in plan.network_flags)
+    assert fake.called("Builder.create_network") == [(expected_mask,)]
+    assert [a[0] for a in fake.called("IBuilderConfig.set_flag")] == list(plan.builder_flags)
+    assert fake.called("IBuilderConfig.set_memory_pool_limit") == [("WORKSPACE", 512 * 2**20)]
+    assert fake.called("IOptimizationProfile.set_shape") == [("input", plan.min_shape, plan.opt_shape, plan.max_shape)]
+    if plan.dla_core is None:
+        assert not fake.called("IBuilderConfig.default_device_type") and not fake.called("IBuilderConfig.DLA_core")
+    else:
+        assert fake.called("IBuilderConfig.default_device_type") == [(fake.DeviceType.DLA,)]
+        assert fake.called("IBuilderConfig.DLA_core") == [(0,)]
+    assert not fake.called("IBuilderConfig.int8_calibrator")
+    assert not fake.called("build_error")
+    assert engine.read_bytes().startswith(PLAN_MAGIC)
+    assert (tmp_path / "out" / "timing.cache").read_bytes().startswith(TIMING_MAGIC)
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_implicit_build_uses_cache_only_calibrator(tmp_path: Path, float_onnx: Path) -> None:
+    fake = FakeTensorRT("8.5.2")
+    plan = plan_build("8.5.2", XAVIER_NX, Precision.INT8, SHAPE)
+    out = tmp_path / "out"
+    write_calibration_cache(out / "calibration.cache", {"input": 0.02, "c1": 0.05}, "8.5.2")
+    build_engine(float_onnx, plan, out, trt=fake)
+    [(calibrator,)] = fake.called("IBuilderConfig.int8_calibrator")
+    assert isinstance(calibrator, fake.IInt8EntropyCalibrator2) and calibrator._base_init_called
+    assert calibrator.get_batch(["input"]) is None
+    [(cache,)] = fake.called("calibrator.read_calibration_cache")
+    assert cache.startswith(b"TRT-8502-EntropyCalibration2\n")
+    assert len(fake.called("IBuilderConfig.set_calibration_profile")) == 1
+    assert [a[0] for a in fake.called("IBuilderConfig.set_flag")] == ["INT8", "FP16"]
+
+
+def test_implicit_build_without_cache_says_how_to_make_one(tmp_path: Path, float_onnx: Path) -> None:
+    plan = plan_build("8.5.2", XAVIER_NX, Precision.INT8, SHAPE)
+    with pytest.raises(BackendError, match="write_calibration_cache"):
+        build_engine(float_onnx, plan, tmp_path / "out", trt=FakeTensorRT("8.5.2"))
+
+
+def _forced_plan(version: str, **changes) -> BuildPlan:
+    plan = plan_build(version, DESKTOP, Precision.INT8, SHAPE)
+    return BuildPlan(**{**plan.__dict__, **changes})
+
+
+def test_trt11_fake_has_no_int8_flag_or_calibrator(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake = FakeTensorRT("11.0.0")
+    assert not hasattr(fake.BuilderFlag, "INT8") and not hasattr(fake.BuilderFlag, "FP16")
+    assert not hasattr(fake, "IInt8EntropyCalibrator2")
+    with pytest.raises(BackendError, match=r"TensorRT 11.0.0 has no BuilderFlag.INT8"):
+        build_engine(qdq_onnx, _forced_plan("11.0.0", builder_flags=("INT8",)), tmp_path, trt=fake)
+    with pytest.raises(BackendError, match="no INT8 calibrator"):
+        trt_backend.make_cache_calibrator(fake, qdq_onnx)
+    config = fake.Builder(None).create_builder_config()
+    with pytest.raises(AttributeError):
+        config.int8_calibrator = object()
+
+
+def test_trt10_strongly_typed_with_int8_flag_fails_like_the_real_one(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake = FakeTensorRT("10.3.0")
+    plan = _forced_plan("10.3.0", network_flags=("STRONGLY_TYPED",))
+    with pytest.raises(BackendError, match="failed to build an engine"):
+        build_engine(qdq_onnx, plan, tmp_path, trt=fake)
+    assert "strongly typed" in fake.called("build_error")[0][0]
+
+
+def test_parser_errors_become_one_backend_error(tmp_path: Path) -> None:
+    onnx_path = make_onnx(tmp_path / "m.onnx", qdq=True, op="Softsign")
+    fake = FakeTensorRT("10.3.0", unsupported_ops=frozenset({"Softsign", "Gemm"}))
+    with pytest.raises(BackendError) as exc:
+        build_engine(onnx_path, plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE), tmp_path, trt=fake)
+    text = str(exc.value)
+    assert "could not parse" in text and "op: Gemm" in text and "op: Softsign" in text and "fix:" in text
+
+
+def test_trt8_parser_needs_explicit_batch(tmp_path: Path, qdq_onnx: Path) -> None:
+    plan = _forced_plan("8.6.1", network_flags=())
+    with pytest.raises(BackendError, match="explicit batch dimension"):
+        build_engine(qdq_onnx, plan, tmp_path, trt=FakeTensorRT("8.6.1"))
+
+
+def test_plan_for_other_version_refused(tmp_path: Path, qdq_onnx: Path) -> None:
+    plan = plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE)
+    with pytest.raises(BackendError, match="plan is for TensorRT 10.3.0 but tensorrt 8.6.1"):
+        build_engine(qdq_onnx, plan, tmp_path, trt=FakeTensorRT("8.6.1"))
+
+
+def test_dla_build_on_a_gpu_without_dla(tmp_path: Path, qdq_onnx: Path) -> None:
+    plan = plan_build("10.3.0", ORIN_DLA, Precision.INT8, SHAPE)
+    with pytest.raises(BackendError, match="0 DLA core"):
+        build_engine(qdq_onnx, plan, tmp_path, trt=FakeTensorRT("10.3.0", dla_cores=0))
+
+
+def test_build_failure_is_reported_and_nothing_written(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake = FakeTensorRT("10.3.0", fail_build=True)
+    with pytest.raises(BackendError, match="failed to build"):
+        build_engine(qdq_onnx, plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE), tmp_path, trt=fake)
+    assert not (tmp_path / "model.plan").exists()
+
+
+def test_timing_cache_reused_and_mismatch_replaced(tmp_path: Path, qdq_onnx: Path, caplog) -> None:
+    plan = plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE)
+    first = FakeTensorRT("10.3.0")
+    build_engine(qdq_onnx, plan, tmp_path, trt=first)
+    assert first.called("IBuilderConfig.create_timing_cache") == [(b"",)]
+    second = FakeTensorRT("10.3.0")
+    build_engine(qdq_onnx, plan, tmp_path, trt=second)
+    assert second.called("IBuilderConfig.create_timing_cache") == [(TIMING_MAGIC + b"gpu0",)]
+    assert second.called("IBuilderConfig.set_timing_cache")[0][1:] == (False, True)
+    other = FakeTensorRT("10.3.0", device_tag=b"gpu1")
+    with caplog.at_level(logging.WARNING):
+        build_engine(qdq_onnx, plan, tmp_path, trt=other)
+    assert "from another device" in caplog.text
+    assert (tmp_path / "timing.cache").read_bytes() == TIMING_MAGIC + b"gpu1"
+
+
+# ------------------------------------------------------------------------- compile / load / runner
+
+
+def _compile(tmp_path: Path, version: str, profile: TargetProfile, onnx_path: Path,
+             device: DeviceInfo = RTX) -> tuple[FakeTensorRT, Artifact]:
+    fake = FakeTensorRT(version, dla_cores=2)
+    art = TensorRTBackend().compile(onnx_path, profile, tmp_path / "bundle", Precision.INT8, trt=fake, device=device)
+    return fake, art
+
+
+def test_compile_records_versions_and_device(tmp_path: Path, qdq_onnx: Path) -> None:
+    _, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    assert art.backend == BackendName.TENSORRT and art.precision == Precision.INT8
+    assert art.files == {"engine": "model.plan", "timing_cache": "timing.cache"}
+    assert art.info["tensorrt_version"] == "10.3.0"
+    assert (art.info["gpu_name"], art.info["compute_capability"], art.info["dla_core"]) == (RTX.name, "8.9", None)
+    assert art.info["plan"]["builder_flags"] == ["INT8", "FP16"]
+    assert Artifact.from_dict(art.to_dict()).info == art.info
+
+
+@pytest.mark.parametrize(("version", "execute_call"), [("8.6.1", "IExecutionContext.execute_async_v2"),
+                                                        ("10.3.0", "IExecutionContext.execute_async_v3"),
+                                                        ("11.0.0", "IExecutionContext.execute_async_v3")])
+def test_runner_dynamic_batch_per_api_generation(tmp_path: Path, qdq_onnx: Path, version: str,
+                                                 execute_call: str) -> None:
+    fake, art = _compile(tmp_path, version, DESKTOP, qdq_onnx)
+    cuda = FakeCuda(fake, RTX)
+    runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=cuda)
+    x = np.random.default_rng(1).normal(size=(11, *SHAPE)).astype(np.float32)  # > max batch 8: two chunks
+    with runner:
+        y = runner.infer(x)
+    expected = x.reshape(11, -1).mean(axis=1, keepdims=True) * np.arange(1, NUM_CLASSES + 1)
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    assert len(fake.called(execute_call)) == 2
+    set_shape = "IExecutionContext.set_binding_shape" if version.startswith("8.") else "IExecutionContext.set_input_shape"
+    assert [a[-1][0] for a in fake.called(set_shape)] == [8, 3]
+    assert [a[0] for a in cuda.called("malloc")] == [8 * 3 * 32 * 32 * 4, 8 * NUM_CLASSES * 4]  # max batch
+    assert len(cuda.called("free")) == 2 and cuda.called("release")
+
+
+def test_runner_pads_static_dla_engine(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake, art = _compile(tmp_path, "10.3.0", ORIN_DLA, qdq_onnx, device=ORIN)
+    runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, ORIN))
+    assert fake.called("Runtime.DLA_core") == [(0,)]
+    y = runner.infer(np.ones((1, *SHAPE), np.float32))
+    assert y.shape == (1, NUM_CLASSES)
+    assert [a[1] for a in fake.called("IExecutionContext.set_input_shape")] == [(2, *SHAPE)]
+
+
+def test_runner_rejects_wrong_image_size(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, RTX))
+    with pytest.raises(BackendError, match="takes N x 3 x 32 x 32"):
+        runner.infer(np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_load_refuses_engine_from_another_gpu(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    with pytest.raises(BundleError, match="rebuild it on the target"):
+        TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, ORIN))
+
+
+def test_load_refuses_corrupt_engine(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    (tmp_path / "bundle" / "model.plan").write_bytes(b"\x00garbage")
+    with pytest.raises(BundleError, match="could not deserialize"):
+        TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, RTX))
+
+
+def test_load_missing_engine(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    (tmp_path / "bundle" / "model.plan").unlink()
+    with pytest.raises(BundleError, match="no engine file"):
+        TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, RTX))
+
+
+# --------------------------------------------------------------------------------- portability (pure)
+
+BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+
+
+@pytest.mark.parametrize(
+    ("trt_version", "device", "match"),
+    [
+        ("10.3.0", DeviceInfo("NVIDIA GeForce RTX 4090", "8.9"), "compute capability 8.7 .this GPU: 8.9."),
+        ("8.6.2", ORIN, r"TensorRT 10.3.0 \(this machine: 8.6.2\)"),
+        ("10.4.0", ORIN, r"TensorRT 10.3.0"),
+        ("10.3.0", DeviceInfo("Xavier", "8.7"), "GPU 'Orin'"),
+    ],
+)
+def test_portability_refuses_mismatch(trt_version: str, device: DeviceInfo, match: str) -> None:
+    with pytest.raises(BundleError, match=match) as exc:
+        check_engine_portability(BUILT, trt_version, device)
+    assert "not portable" in str(exc.value) and "NVIDIA/TensorRT#818" in str(exc.value)
+
+
+def test_portability_accepts_same_device_and_build_number_difference() -> None:
+    check_engine_portability(BUILT, "10.3.0.30", ORIN)
+
+
+def test_portability_name_mismatch_can_be_allowed_with_same_compute_capability(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        check_engine_portability(BUILT, "10.3.0", DeviceInfo("Orin NX", "8.7"), allow_gpu_name_mismatch=True)
+    assert "same compute capability" in caplog.text
+    with pytest.raises(BundleError):
+        check_engine_portability(BUILT, "10.3.0", DeviceInfo("Orin NX", "8.9"), allow_gpu_name_mismatch=True)
+
+
+# ------------------------------------------------------------------------------- availability / import
+
+
+def test_available_does_not_import_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    TensorRTBackend().available()
+    assert "tensorrt" not in sys.modules
+
+
+def test_missing_tensorrt_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    with pytest.raises(BackendUnavailable, match="not installed"):
+        trt_backend.import_tensorrt()
+
+
+def test_device_index() -> None:
+    assert [trt_backend.device_index(d) for d in ("cuda:0", "cuda:1", "cuda", "", "2")] == [0, 1, 0, 0, 2]
+    with pytest.raises(BackendError):
+        trt_backend.device_index("cpu")
+
+
+# ----------------------------------------------------------------------- real TensorRT, end to end
+
+
+def quantize_s8s8(float_path: Path, qdq_path: Path) -> Path:
+    """Q/DQ with onnxruntime.quantization: S8S8 (signed activations, zero point 0), per-channel weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(2)
+            self.batches = iter([{"input": rng.normal(size=(4, *SHAPE)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    return qdq_path
+
+
+def test_e2e_fixture_is_a_valid_s8s8_qdq_model(tmp_path: Path) -> None:
+    """The end-to-end test's model (checked here too, where TensorRT is absent)."""
+    qdq = quantize_s8s8(make_onnx(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    model = onnx.load(str(qdq))
+    zero_points = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    check_onnx_for_plan(summarize_onnx(qdq), plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE), qdq)
+
+
+def _real_gpu_or_skip() -> DeviceInfo:
+    if not TensorRTBackend().available():
+        pytest.skip("tensorrt is not installed here")
+    try:
+        cuda = trt_backend.load_cuda()
+        cuda.set_device(0)
+        return cuda.device_info(0)
+    except Exception as exc:  # BackendUnavailable, no driver, no device
+        pytest.skip(f"no usable CUDA GPU: {exc}")
+
+
+@pytest.mark.tensorrt
+def test_real_tensorrt_int8_engine_matches_onnxruntime(tmp_path: Path) -> None:
+    _real_gpu_or_skip()
+    import onnxruntime as ort
+
+    qdq = quantize_s8s8(make_onnx(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    profile = _profile("e2e", versions=">=8.6", batch=BatchRange(1, 8, 16))
+    backend = TensorRTBackend()
+    art = backend.compile(qdq, profile, tmp_path / "bundle", Precision.INT8)
+    x = np.random.default_rng(3).normal(size=(16, *SHAPE)).astype(np.float32)
+    with backend.load(tmp_path / "bundle", art) as runner:
+        y_trt = runner.infer(x)
+    y_ort = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    cos = (y_trt * y_ort).sum(1) / (np.linalg.norm(y_trt, axis=1) * np.linalg.norm(y_ort, axis=1))
+    assert cos.min() >= 0.99, f"cosine similarity per sample {cos}"
+    agreement = (y_trt.argmax(1) == y_ort.argmax(1)).mean()
+    assert agreement >= 0.9, f"top-1 agreement {agreement}"  # < 1 only for near-ties between classes
