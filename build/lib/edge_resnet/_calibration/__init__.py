@@ -1,1 +1,0 @@
-"""Calibration-set recipes (data shipped inside the wheel as edge_resnet._calibration)."""
