@@ -9,9 +9,9 @@ from edge_resnet.models.resnet import (
     BasicBlock,
     Block,
     Bottleneck,
+    Pooling,
     PreActBasicBlock,
     PreActBottleneck,
-    Pooling,
     ResNet,
     Variant,
 )
