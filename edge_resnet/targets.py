@@ -45,6 +45,9 @@ class TensorRTOptions:
     workspace_mb: int = 1024
     jetpack: str | None = None  # the JetPack release the profile is written for (Jetson only)
     sm: str | None = None  # the device's compute capability, e.g. "8.7" for Orin, when known
+    # the TensorRT release the device is assumed to have when the bundle is prepared on a host
+    # without TensorRT (it picks the trtexec flags of build_engine.sh)
+    default_version: str = "10.3.0"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ _COMMANDS: dict[str, str] = {
     "export": "edge_resnet.cli.export_cmd:export",
     "fold-bn": "edge_resnet.cli.export_cmd:fold_bn",
     "quantize": "edge_resnet.cli.quantize_cmd:quantize",
+    "compile": "edge_resnet.cli.compile_cmd:compile_",
+    "targets": "edge_resnet.cli.compile_cmd:targets",
 }
 
 

@@ -36,7 +36,7 @@ def export_float_graph(model: nn.Module, input_size: int = 224, opset: int = OPS
         raise GraphError(f"input size {input_size} is too small", "ResNets need an input of at least 32x32")
     out_name = output_name_for(model)
     fg = prepare_float_graph(_torch_export(model.eval(), input_size, opset, out_name))
-    log.info("exported %s: %s", type(model).__name__, fg.fold)
+    log.debug("exported %s: %s", type(model).__name__, fg.fold)
     return fg
 
 

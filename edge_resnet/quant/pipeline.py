@@ -75,7 +75,7 @@ def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: Quant
     qmodel, report = insert_qdq(model, amax, config)
     qmodel.producer_name = "edge-resnet"
     timings = {"calibration_s": stats.seconds, "quantize_s": time.perf_counter() - t0}
-    log.info("%s", report)
+    log.debug("%s", report)
     return QuantizedGraph(qmodel, amax, report, stats, options, config, timings)
 
 

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edge_resnet.cli.data_options import make_spec, preprocess_options
+
+
+@click.command("compile")
+@click.option("--model", "model_name", default="resnet50", show_default=True, help="Registered model name.")
+@click.option("--variant", type=click.Choice(["v1", "v1.5", "v2"]), default=None)
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="A .pt/.pth state_dict.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None, help="Any ResNet as an ONNX file instead of --model.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--no-top", is_flag=True, help="Drop the classifier head (embedding or feature-map engines).")
+@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None)
+@click.option("--target", default="cpu", show_default=True, help="Target profile name or .toml path (see `edge-resnet targets`).")
+@click.option("--int8", "precision", flag_value="int8", default=True, help="INT8 from calibration (default).")
+@click.option("--fp16", "precision", flag_value="fp16", help="FP16 build (a baseline).")
+@click.option("--fp32", "precision", flag_value="fp32", help="FP32 build (a baseline).")
+@click.option("--calib", default=None, help="Calibration data (required for --int8); 'random' for latency-only builds.")
+@click.option("--calib-count", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None)
+@click.option("--percentile", type=click.FloatRange(50, 100), default=None)
+@click.option("--exclude", multiple=True, help="Keep a layer float (name or op type); repeatable.")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Class names, one per line (default: class folders of --calib when they match).")
+@preprocess_options
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooling, target, precision, calib,
+             calib_count, seed, method, percentile, exclude, labels_file, input_size, resize, mean, std,
+             channel_order, force, output) -> None:
+    """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
+    from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
+    from edge_resnet.quant.calibrators import CalibrationMethod
+    from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.types import Precision
+
+    source = ModelSource(model_name, variant, weights, num_classes, not no_top, pooling, onnx_path)
+    spec = make_spec(input_size, resize, mean, std, channel_order) if any(
+        v is not None for v in (input_size, resize, mean, std, channel_order)) else None
+    labels = tuple(Path(labels_file).read_text(encoding="utf-8").splitlines()) if labels_file else None
+    options = CompileOptions(
+        target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,
+        calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile),
+        exclude=tuple(exclude), spec=spec, labels=labels, force=force)
+    result = compile_bundle(source, options, output, input_size=input_size or 224)
+    b = result.bundle
+    art = b.artifact
+    click.echo(f"{result.float_graph.fold}")
+    if result.report is not None:
+        click.echo(f"{result.report}")
+    click.echo(f"target {b.profile.name} ({art.backend.value}, {b.profile.device}), {art.precision.value}")
+    if not art.info.get("runnable", True):
+        click.echo(f"engine not built here: {art.info.get('how_to_build')}")
+    click.echo(f"wrote bundle {b.path}:")
+    for name in sorted(b.manifest["files"]):
+        size = (b.path / name).stat().st_size
+        click.echo(f"  {name:<28} {size / 1e6:8.2f} MB")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json: bool) -> None:
+    """List the shipped target profiles."""
+    from edge_resnet.targets import shipped_profiles
+
+    profiles = shipped_profiles()
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profiles.values()], indent=2))
+        return
+    click.echo(f"{'name':<18}{'backend':<13}{'device':<9}{'format':<7}{'aliases':<16}description")
+    for p in profiles.values():
+        click.echo(f"{p.name:<18}{p.backend.value:<13}{p.device:<9}{p.activation_format.value:<7}"
+                   f"{','.join(p.aliases):<16}{p.description}")

@@ -1,0 +1,243 @@
+"""``edge-resnet compile``: model -> float graph -> calibration -> Q/DQ graph -> target artifact,
+written as one atomic bundle with a manifest."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edge_resnet.backends.base import Artifact, get_backend
+from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
+from edge_resnet.data import PreprocessSpec, open_dataset
+from edge_resnet.errors import DataError, EdgeResnetError
+from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
+from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
+from edge_resnet.quant.calibrators import CalibrationMethod
+from edge_resnet.quant.collect import ActivationStats, collect_statistics
+from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantize_graph
+from edge_resnet.quant.qdq import QuantConfig, activation_scale, required_tensors
+from edge_resnet.targets import TargetProfile, get_target
+from edge_resnet.types import BackendName, Precision, QuantMode
+
+log = logging.getLogger(__name__)
+
+FLOAT_ONNX = "model.float.onnx"
+INT8_ONNX = "model.int8.onnx"
+SCALES = "scales.json"
+LABELS = "labels.txt"
+RANDOM_CALIB = "random"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A zoo model (name, variant, weights...) or an ONNX file."""
+
+    name: str | None = "resnet50"
+    variant: str | None = None
+    weights: str | None = None
+    num_classes: int = 1000
+    include_top: bool = True
+    pooling: str | None = None
+    onnx: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        if self.onnx:
+            return {"source": "onnx", "onnx": str(self.onnx), "onnx_sha256": sha256_file(Path(self.onnx))}
+        return {"source": "zoo", "name": self.name, "variant": self.variant or "v1.5", "num_classes": self.num_classes,
+                "include_top": self.include_top, "pooling": self.pooling or ("avg" if self.include_top else "none"),
+                "weights": str(self.weights) if self.weights else None,
+                "weights_sha256": sha256_file(Path(self.weights)) if self.weights else None}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    target: str = "cpu"
+    precision: Precision = Precision.INT8
+    calib: str | None = None
+    calib_count: int = 512
+    seed: int = 0
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    exclude: tuple[str, ...] = ()
+    spec: PreprocessSpec | None = None  # None: the ImageNet convention at the model's input size
+    labels: tuple[str, ...] | None = None
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class CompileResult:
+    bundle: Bundle
+    float_graph: FloatGraph
+    stats: ActivationStats | None
+    report: Any = None
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def float_graph_for(source: ModelSource, input_size: int) -> FloatGraph:
+    if source.onnx:
+        return prepare_float_graph(load_onnx(source.onnx))
+    from edge_resnet.cli.options import build_from_options  # torch is imported here, not before
+    from edge_resnet.graph.export import export_float_graph
+
+    model, _ = build_from_options(source.name or "resnet50", source.variant, source.weights, source.num_classes,
+                                  not source.include_top, source.pooling)
+    return export_float_graph(model, input_size)
+
+
+def _spec_for(fg: FloatGraph, options: CompileOptions) -> PreprocessSpec:
+    info = describe_input(fg.model)
+    if options.spec is not None:
+        if info.height is not None and info.height != options.spec.input_size:
+            raise EdgeResnetError(f"the graph's input is {info.height}x{info.width}, the preprocessing makes "
+                                  f"{options.spec.input_size}x{options.spec.input_size}",
+                                  f"pass --input-size {info.height}")
+        return options.spec
+    size = info.height or 224
+    return PreprocessSpec(input_size=size, resize=max(size, round(size * 256 / 224)))
+
+
+def _random_batches(spec: PreprocessSpec, count: int, seed: int, batch: int):
+    """Seeded random inputs for latency-only builds (``--calib random``): never for accuracy."""
+    rng = np.random.default_rng(seed)
+    for i in range(0, count, batch):
+        yield rng.standard_normal((min(batch, count - i), 3, spec.input_size, spec.input_size)).astype(np.float32)
+
+
+def _calibration_tensors(fg: FloatGraph, profile: TargetProfile, config: QuantConfig) -> list[str]:
+    if profile.backend is BackendName.TENSORRT:
+        # TensorRT's implicit path (the legacy calibration cache every TensorRT bundle carries)
+        # reads a scale for every activation tensor of the float network
+        g = fg.model.graph
+        return [g.input[0].name] + [o for n in g.node for o in n.output]
+    return required_tensors(fg.model, config)
+
+
+def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, options: CompileOptions) -> tuple[ActivationStats, dict[str, Any]]:
+    if options.calib is None:
+        raise DataError("--int8 needs calibration data, and none was given",
+                        "pass --calib with an image folder, list, .npy/.npz, video or digits:train; "
+                        "--calib random builds for latency measurements only")
+    config = QuantConfig(profile.activation_format, options.exclude)
+    tensors = _calibration_tensors(fg, profile, config)
+    bs = options.calibration.batch_size
+    if options.calib == RANDOM_CALIB:
+        log.warning("calibrating on random inputs: this bundle is for latency measurements only, not accuracy")
+        stats = collect_statistics(fg.model, tensors, _random_batches(spec, options.calib_count, options.seed, bs),
+                                   total_images=options.calib_count, progress=options.progress)
+        return stats, {"source": RANDOM_CALIB, "random": True, "count": options.calib_count, "seed": options.seed}
+    data = open_dataset(options.calib, spec, count=options.calib_count, seed=options.seed)
+    stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
+                               threads=options.calibration.threads, progress=options.progress)
+    record = {"source": options.calib, "random": False, "count": stats.images, "seed": options.seed,
+              "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
+    return stats, record
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("edge-resnet", "onnx", "onnxruntime", "onnxscript", "numpy", "torch", "openvino", "tensorrt", "nncf"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+
+def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | Path,
+                   input_size: int = 224) -> CompileResult:
+    profile = get_target(options.target)
+    writer = BundleWriter(out_dir, force=options.force)  # fails fast if out_dir exists
+    fg = float_graph_for(source, input_size)
+    spec = _spec_for(fg, options)
+    precision = options.precision
+    stats, calib_record, qgraph = None, None, None
+    if precision is Precision.INT8:
+        stats, calib_record = calibrate_for(fg, profile, spec, options)
+        if profile.quant_mode is QuantMode.EXPLICIT:
+            qgraph = quantize_graph(fg.model, stats, QuantConfig(profile.activation_format, options.exclude),
+                                    options.calibration)
+
+    with writer as w:
+        assert w.dir is not None
+        save_onnx(fg.model, w.dir / FLOAT_ONNX)
+        graphs = {"float": FLOAT_ONNX}
+        extra: dict[str, Any] = {}
+        if qgraph is not None:
+            save_onnx(qgraph.model, w.dir / INT8_ONNX)
+            qgraph.save_scales(w.dir / SCALES)
+            graphs["int8"] = INT8_ONNX
+            extra["quantization"] = {"format": profile.activation_format.value, "quantized": dict(qgraph.report.quantized),
+                                     "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude)}
+        elif stats is not None:  # implicit TensorRT: scales for the calibration cache
+            amax = stats.amax(options.calibration.method, **options.calibration.params())
+            _write_scales(w.dir / SCALES, amax, options.calibration.method)
+            extra["quantization"] = {"mode": "implicit", "tensors": len(amax)}
+        labels = _labels(options, fg, calib_record)  # (drops class_names from the record)
+        (w.dir / LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
+        backend_input = w.dir / (INT8_ONNX if qgraph is not None else FLOAT_ONNX)
+        artifact = _build(profile, backend_input, w.dir, precision, spec, labels, stats, options)
+        manifest = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {**source.describe(), "output": fg.output_name,
+                      "input": {"name": describe_input(fg.model).name, "shape": [None, 3, spec.input_size, spec.input_size]},
+                      "bn_fold": {"folded": len(fg.fold.folded), "kept": [b for b, _ in fg.fold.kept]}},
+            "precision": precision.value,
+            "preprocess": spec.to_dict(),
+            "labels": LABELS,
+            "graphs": graphs,
+            "calibration": ({**calib_record, **options_dict(options.calibration), "scales": SCALES}
+                            if calib_record else None),
+            **extra,
+            "target": profile.to_dict(),
+            "artifact": artifact.to_dict(),
+            "tools": tool_versions(),
+            "host": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor()},
+        }
+        path = w.finish(manifest)
+    log.info("wrote bundle %s", path)
+    return CompileResult(load_bundle(path), fg, stats, qgraph.report if qgraph else None)
+
+
+def _write_scales(path: Path, amax: dict[str, float], method: CalibrationMethod) -> None:
+    import json
+
+    path.write_text(json.dumps({"method": method.value, "tensors": {t: {"amax": a, "scale": activation_scale(a)} for t, a in amax.items()}}, indent=1))
+
+
+def _labels(options: CompileOptions, fg: FloatGraph, calib_record: dict | None) -> list[str]:
+    """--labels, else the class folders of a labelled calibration set when they match the outputs."""
+    n = _num_outputs(fg.model)
+    if options.labels:
+        return list(options.labels)
+    names = (calib_record or {}).pop("class_names", None)
+    if names and n == len(names):
+        return list(names)
+    return [f"class_{i}" for i in range(n)] if n else []
+
+
+def _num_outputs(model: onnx.ModelProto) -> int | None:
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return dims[1].dim_value if len(dims) == 2 and dims[1].dim_value else None
+
+
+def _build(profile: TargetProfile, onnx_path: Path, out: Path, precision: Precision, spec: PreprocessSpec,
+           labels: list[str], stats: ActivationStats | None, options: CompileOptions) -> Artifact:
+    backend = get_backend(profile.backend)
+    if profile.backend is BackendName.TENSORRT:
+        from edge_resnet.deploy.bundle import prepare_tensorrt_bundle
+
+        return prepare_tensorrt_bundle(backend, profile, onnx_path, out, precision, spec, labels, stats, options)
+    return backend.compile(onnx_path, profile, out, precision)
