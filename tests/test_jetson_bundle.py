@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_resnet.data.preprocess import PreprocessSpec
 from edge_resnet.deploy.jetson import (
-    deepstream_normalization,
     deepstream_nvinfer_config,
     trtexec_command,
     write_build_script,
     write_labels,
 )
-from edge_resnet.errors import BackendError, BundleError
+from edge_resnet.errors import BackendError, BundleError, DataError
 from edge_resnet.targets import BatchRange, TargetProfile, TensorRTOptions
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
 
@@ -43,7 +43,7 @@ XAVIER_NX = _profile("xavier-nx-int8", quant_mode=QuantMode.IMPLICIT)
 
 IMAGENET = {"input_size": 224, "resize": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
             "channel_order": "rgb"}
-EQUAL_STD = {"input_size": [224, 224], "resize": 224, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.25, 0.25],
+EQUAL_STD = {"input_size": 224, "resize": 224, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.25, 0.25],
              "channel_order": "bgr"}
 
 # ------------------------------------------------------------------------------------------- trtexec
@@ -254,7 +254,7 @@ def test_equal_std_normalisation_is_exact(pixel: list[int]) -> None:
 def test_per_channel_std_within_documented_error(pixel: list[int], caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         text = deepstream_nvinfer_config(ORIN, IMAGENET, "m.onnx", "m.plan", "l.txt", 1000)
-    bound = deepstream_normalization(IMAGENET["mean"], IMAGENET["std"]).max_abs_error
+    bound = PreprocessSpec(mean=IMAGENET["mean"], std=IMAGENET["std"]).deepstream_normalization().max_abs_error
     assert 0 < bound < 0.05
     assert "net-scale-factor" in caplog.text and f"{bound:.4g}" in text  # warned, and stated in the file
     x = np.array(pixel, dtype=np.float64)
@@ -262,7 +262,7 @@ def test_per_channel_std_within_documented_error(pixel: list[int], caplog: pytes
 
 
 def test_error_bound_is_attained_at_an_extreme_pixel() -> None:
-    norm = deepstream_normalization(IMAGENET["mean"], IMAGENET["std"])
+    norm = PreprocessSpec(mean=IMAGENET["mean"], std=IMAGENET["std"]).deepstream_normalization()
     extremes = [np.array(p, float) for p in ([0, 0, 0], [255, 255, 255])]
     worst = max(np.abs(norm.net_scale_factor * (x - np.array(norm.offsets)) - _spec_y(IMAGENET, x)).max()
                 for x in extremes)
@@ -270,7 +270,7 @@ def test_error_bound_is_attained_at_an_extreme_pixel() -> None:
 
 
 def test_offsets_and_scale_from_mean_std() -> None:
-    norm = deepstream_normalization([0.5, 0.4, 0.3], [0.25, 0.25, 0.25])
+    norm = PreprocessSpec(mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25)).deepstream_normalization()
     assert norm.offsets == pytest.approx((127.5, 102.0, 76.5))
     assert norm.net_scale_factor == pytest.approx(1 / (255 * 0.25)) and norm.max_abs_error == 0
 
@@ -283,11 +283,11 @@ def test_resize_crop_difference_is_flagged(caplog: pytest.LogCaptureFixture) -> 
 
 @pytest.mark.parametrize(
     ("spec", "match"),
-    [({**IMAGENET, "channel_order": "gray"}, "channel_order"), ({**IMAGENET, "std": [0.2, 0, 0.2]}, "std > 0"),
-     ({**IMAGENET, "mean": [0.5, 0.5]}, "3 values")],
+    [({**IMAGENET, "channel_order": "gray"}, "channel_order"), ({**IMAGENET, "std": [0.2, 0, 0.2]}, "std must be positive"),
+     ({**IMAGENET, "mean": [0.5, 0.5]}, "list of 3 numbers")],
 )
 def test_bad_spec(spec: dict, match: str) -> None:
-    with pytest.raises(BundleError, match=match):
+    with pytest.raises((BundleError, DataError), match=match):
         deepstream_nvinfer_config(ORIN, spec, "m.onnx", "m.plan", "l.txt", 10)
 
 

@@ -73,6 +73,7 @@ class DeepStreamNormalization:
     model_color_format: int  # nvinfer: 0 = RGB, 1 = BGR
     exact: bool
     max_relative_error: float
+    max_abs_error: float = 0.0  # worst |y_deepstream - y_spec| over pixels 0..255 (at 0 or 255)
 
     def config_entries(self) -> dict[str, str]:
         """The ``[property]`` entries, formatted for the config file."""
@@ -283,12 +284,14 @@ class PreprocessSpec:
         exact = bool(np.allclose(scales, scales[0], rtol=1e-9, atol=0.0))
         if not exact:
             logger.debug("DeepStream net-scale-factor %.6g approximates per-channel %s", scalar, affine.scale)
+        worst = max(abs(scalar - s_c) * max(o, 255.0 - o) for s_c, o in zip(affine.scale, affine.offset, strict=True))
         return DeepStreamNormalization(
-            net_scale_factor=scalar,
+            net_scale_factor=float(scales[0]) if exact else scalar,
             offsets=affine.offset,
             model_color_format=0 if self.channel_order is ChannelOrder.RGB else 1,
             exact=exact,
             max_relative_error=0.0 if exact else rel,
+            max_abs_error=0.0 if exact else float(worst),
         )
 
 

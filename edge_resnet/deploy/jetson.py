@@ -22,7 +22,6 @@ import logging
 import shlex
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from edge_resnet.backends.tensorrt import (
     check_quant_mode,
     precision_policy,
 )
+from edge_resnet.data.preprocess import DeepStreamNormalization, PreprocessSpec
 from edge_resnet.errors import BackendError, BundleError
 from edge_resnet.targets import TargetProfile, TensorRTOptions
 from edge_resnet.types import Precision, QuantMode
@@ -190,30 +190,6 @@ COLOR_FORMAT: dict[str, int] = {"rgb": 0, "bgr": 1}
 NETWORK_TYPE_CLASSIFIER = 1  # NvDsInferNetworkType: Detector = 0, Classifier = 1
 
 
-@dataclass(frozen=True)
-class DeepStreamNormalization:
-    """DeepStream computes y = net_scale_factor * (x - offsets[c]) on 0..255 pixels."""
-
-    net_scale_factor: float
-    offsets: tuple[float, float, float]
-    max_abs_error: float  # worst |y_deepstream - y_spec| over x in [0, 255]; 0 when std is equal per channel
-
-
-def deepstream_normalization(mean: Sequence[float], std: Sequence[float]) -> DeepStreamNormalization:
-    """From y = (x/255 - mean[c]) / std[c]: offsets = 255*mean, scale = 1/(255*std).
-
-    DeepStream has one scalar scale, so with per-channel std the mean of the per-channel scales is used and the
-    error it causes, |(s - s_c) * (x - o_c)|, is largest at x = 0 or x = 255.
-    """
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise BundleError(f"preprocessing mean {list(mean)} / std {list(std)} must be 3 values, std > 0")
-    offsets = tuple(255.0 * m for m in mean)
-    per_channel = [1.0 / (255.0 * s) for s in std]
-    scale = per_channel[0] if max(per_channel) == min(per_channel) else sum(per_channel) / 3
-    error = max(abs(scale - s_c) * max(o, 255.0 - o) for s_c, o in zip(per_channel, offsets, strict=True))
-    return DeepStreamNormalization(scale, offsets, error)  # type: ignore[arg-type]
-
-
 def _input_hw(spec: Mapping[str, Any]) -> tuple[int, int]:
     size = spec["input_size"]
     if isinstance(size, int):
@@ -266,7 +242,7 @@ def deepstream_nvinfer_config(
     if implicit != bool(calib_cache_name):
         raise BundleError(f"int8-calib-file is for implicit profiles only (target {profile.name} is "
                           f"{profile.quant_mode.value}, calib_cache_name={calib_cache_name!r})")
-    norm = deepstream_normalization(spec_dict["mean"], spec_dict["std"])
+    norm = PreprocessSpec.from_dict(spec_dict).deepstream_normalization()
     h, w = _input_hw(spec_dict)
     batch = batch_shapes(profile, (3, h, w))[2][0]
     dla = profile.tensorrt.dla_core if profile.tensorrt else None
