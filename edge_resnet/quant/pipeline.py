@@ -48,16 +48,12 @@ class QuantizedGraph:
     config: QuantConfig
     timings: dict[str, float] = field(default_factory=dict)
 
-    def scales(self) -> dict[str, float]:
-        """Per-tensor activation scale (amax / 127), as written into the graph and calibration caches."""
-        from edge_resnet.quant.qdq import activation_scale
-
-        return {t: activation_scale(a) for t, a in self.amax.items()}
-
     def save_scales(self, path: str | Path) -> None:
+        """Per-tensor amax, and the (scale, zero point) written into the graph for each Q/DQ tensor."""
         data = {"method": self.options.method.value, "format": self.config.activation_format.value,
-                "tensors": {t: {"amax": a, "scale": s} for (t, a), s in zip(self.amax.items(), self.scales().values(), strict=True)}}
-        Path(path).write_text(json.dumps(data, indent=1, sort_keys=False))
+                "amax": self.amax,
+                "quantizers": {t: {"scale": s, "zero_point": z} for t, (s, z) in self.report.quantizers.items()}}
+        Path(path).write_text(json.dumps(data, indent=1))
 
 
 def calibrate(model: onnx.ModelProto, data: Dataset, config: QuantConfig = QuantConfig(),

@@ -4,7 +4,7 @@ Placement (one statistics set, two formats, chosen by the target):
 
 - Weights of every Conv and Gemm: int8, per output channel, symmetric in [-127, 127], stored as
   int8 initializers behind a DequantizeLinear (axis = output channel).
-- Activations: per-tensor symmetric, scale = amax / 127.
+- Activations: per-tensor symmetric (no offset: real 0 is integer 0), scale = amax / 127.
   * S8S8 (TensorRT explicit quantization, OpenVINO): int8, zero point 0. Q/DQ on the *inputs* of
     Conv, Gemm and pooling, and on the *residual* input of every Add, following TensorRT's
     placement recommendations: quantize inputs of weighted ops, not their outputs; quantize the
@@ -17,6 +17,10 @@ Placement (one statistics set, two formats, chosen by the target):
     *outputs* of Conv, Add and pooling: ORT fuses DQ->Conv->Q into QLinearConv and DQ->Add->Q into
     QLinearAdd only when a Q directly follows the op (a ReLU in between leaves the conv in float),
     and it wants the bias as int32 (scale = input scale x weight scale) behind a DequantizeLinear.
+    A tensor that is non-negative by construction (a ReLU output, pooled or flattened) uses the
+    whole uint8 range with zero point 0 and scale amax / 255 ("unsigned symmetric", as NNCF): one
+    more bit than zero point 128, and ORT then drops the ReLU into the quantization. TensorRT has
+    no unsigned int8, so S8S8 keeps every tensor signed.
 - Scale-preserving ops (MaxPool, Flatten, Reshape) give their output the scale of their input, so
   backends can run them in int8 without requantizing.
 - The graph output stays float (no Q/DQ after the last Gemm).
@@ -54,6 +58,7 @@ class FormatRule:
     quantize_outputs: bool  # also Q/DQ the outputs of Conv/Add/pooling (ORT fusion)
     int32_bias: bool
     fuse_residual: bool = False  # leave the conv-branch input of a residual Add unquantized (TensorRT)
+    unsigned_nonnegative: bool = False  # zero point 0, 255 levels for tensors that cannot be negative
 
     @property
     def np_dtype(self) -> type:
@@ -62,7 +67,8 @@ class FormatRule:
 
 FORMAT_RULES: dict[ActivationFormat, FormatRule] = {
     ActivationFormat.S8S8: FormatRule(TensorProto.INT8, 0, quantize_outputs=False, int32_bias=False, fuse_residual=True),
-    ActivationFormat.U8S8: FormatRule(TensorProto.UINT8, 128, quantize_outputs=True, int32_bias=True),
+    ActivationFormat.U8S8: FormatRule(TensorProto.UINT8, 128, quantize_outputs=True, int32_bias=True,
+                                      unsigned_nonnegative=True),
 }
 
 
@@ -80,6 +86,7 @@ class QDQReport:
     quantized: Counter = field(default_factory=Counter)  # op type -> count of int8 nodes
     kept_float: list[str] = field(default_factory=list)
     activation_tensors: int = 0
+    quantizers: dict[str, tuple[float, int]] = field(default_factory=dict)  # tensor -> (scale, zero point)
 
     def __str__(self) -> str:
         ops = ", ".join(f"{n} {op}" for op, n in sorted(self.quantized.items()))
@@ -180,6 +187,23 @@ def _scale_source(g: _Graph, tensor: str) -> str:
     return tensor
 
 
+_NONNEG_PASS = frozenset({"MaxPool", "GlobalMaxPool", "GlobalAveragePool", "AveragePool", "Flatten", "Reshape"})
+
+
+def is_nonnegative(g: _Graph, tensor: str) -> bool:
+    """True when ``tensor`` cannot be negative: a ReLU output, or pooled/flattened from one."""
+    for _ in range(100):
+        node = g.producer.get(tensor)
+        if node is None:
+            return False
+        if node.op_type == "Relu":
+            return True
+        if node.op_type not in _NONNEG_PASS:
+            return False
+        tensor = g.first_input[tensor]
+    return False
+
+
 def quantize_weights(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric int8: returns (int8 weights, float32 scales along ``axis``)."""
     w64 = np.moveaxis(w.astype(np.float64), axis, 0)
@@ -190,8 +214,9 @@ def quantize_weights(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarr
     return np.moveaxis(q, 0, axis), scale
 
 
-def activation_scale(amax: float) -> float:
-    return float(np.float32(max(float(amax), MIN_SCALE * 127) / 127.0))
+def activation_scale(amax: float, levels: int = 127) -> float:
+    """Scale of a symmetric quantizer covering [-amax, amax] (levels=127) or [0, amax] (levels=255)."""
+    return float(np.float32(max(float(amax), MIN_SCALE * levels) / levels))
 
 
 def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConfig) -> tuple[onnx.ModelProto, QDQReport]:
@@ -227,6 +252,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
                         if name == t:
                             consumer.input[idx] = dq
     report.activation_tensors = len(writer.done)
+    report.quantizers = dict(writer.quantizers)
     out.graph.initializer.extend(writer.new_inits)
     _toposort(out.graph)
     _drop_unused_initializers(out.graph)
@@ -237,27 +263,34 @@ class _Writer:
     def __init__(self, model: onnx.ModelProto, g: _Graph, rule: FormatRule, amax: dict[str, float]) -> None:
         self.model, self.g, self.rule, self.amax = model, g, rule, amax
         self.done: dict[str, str] = {}
+        self.quantizers: dict[str, tuple[float, int]] = {}
         self.new_inits: list[onnx.TensorProto] = []
         self.scales: dict[str, float] = {}
 
-    def scale_of(self, tensor: str) -> float:
+    def quantizer_of(self, tensor: str) -> tuple[float, int]:
+        """(scale, zero point) of a tensor's activation quantizer."""
         src = _scale_source(self.g, tensor)
         if src not in self.amax:
             raise QuantizationError(
                 f"no calibration statistics for tensor {src!r}",
                 "calibrate the same float graph that is being quantized",
             )
-        return activation_scale(self.amax[src])
+        # the source of a conv output consumed only by a ReLU is that ReLU's output: clamping the
+        # negatives in Q is then exactly what the ReLU does
+        if self.rule.unsigned_nonnegative and is_nonnegative(self.g, src):
+            return activation_scale(self.amax[src], 255), 0
+        return activation_scale(self.amax[src]), self.rule.zero_point
 
     def dequantized(self, tensor: str) -> str:
         """Name of DQ(Q(tensor)), creating the pair once per tensor."""
         if tensor in self.done:
             return self.done[tensor]
-        scale = self.scale_of(tensor)
+        scale, zero_point = self.quantizer_of(tensor)
         self.scales[tensor] = scale
+        self.quantizers[tensor] = (scale, zero_point)
         s_name, z_name = f"{tensor}_scale", f"{tensor}_zero_point"
         self.new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
-        self.new_inits.append(numpy_helper.from_array(np.array(self.rule.zero_point, dtype=self.rule.np_dtype), z_name))
+        self.new_inits.append(numpy_helper.from_array(np.array(zero_point, dtype=self.rule.np_dtype), z_name))
         q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
         self.model.graph.node.extend([
             helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q], name=f"_qdq/{tensor}/Q"),
