@@ -41,6 +41,13 @@ def _hash_tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+def _chmod_like_mkdir(path: Path) -> None:
+    """mkdtemp makes 0700 directories; a published bundle gets the permissions mkdir would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
 class BundleWriter:
     """``with BundleWriter(out) as w: ...write into w.dir...; w.finish(manifest)``."""
 
@@ -64,6 +71,7 @@ class BundleWriter:
         manifest = dict(manifest)
         manifest["format_version"] = FORMAT_VERSION
         manifest["files"] = _hash_tree(self.dir)
+        _chmod_like_mkdir(self.dir)
         tmp = self.dir / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         os.replace(tmp, self.dir / MANIFEST)

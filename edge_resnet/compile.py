@@ -9,7 +9,7 @@ import logging
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -17,7 +17,7 @@ import onnx
 from edge_resnet.backends.base import Artifact, get_backend
 from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
 from edge_resnet.data import PreprocessSpec, open_dataset
-from edge_resnet.errors import DataError, EdgeResnetError
+from edge_resnet.errors import DataError, EdgeResnetError, QuantizationError
 from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
 from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
 from edge_resnet.quant.calibrators import CalibrationMethod
@@ -25,7 +25,10 @@ from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, activation_scale, required_tensors
 from edge_resnet.targets import TargetProfile, get_target
-from edge_resnet.types import BackendName, Precision, QuantMode
+from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
+
+if TYPE_CHECKING:
+    from edge_resnet.validate.budget import DriftBudget
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class CompileOptions:
     labels: tuple[str, ...] | None = None
     force: bool = False
     progress: bool = True
+    budget: DriftBudget | None = None  # validate after building; keep layers float until the drift fits
 
 
 @dataclass
@@ -78,6 +82,8 @@ class CompileResult:
     float_graph: FloatGraph
     stats: ActivationStats | None
     report: Any = None
+    calibration: dict[str, Any] | None = None  # the calibration record (with the data's class names)
+    validation: Any = None  # ValidationResult of a build with a drift budget
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -122,13 +128,23 @@ def _calibration_tensors(fg: FloatGraph, profile: TargetProfile, config: QuantCo
     return required_tensors(fg.model, config)
 
 
-def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, options: CompileOptions) -> tuple[ActivationStats, dict[str, Any]]:
+def reusable_tensors(fg: FloatGraph, profile: TargetProfile) -> list[str]:
+    """Tensors whose statistics serve any later ``exclude`` list: without exclusions, and for both formats
+    (keeping the conv of a TensorRT-fused residual add float gives the add's conv branch its own Q/DQ)."""
+    if profile.backend is BackendName.TENSORRT and profile.quant_mode is QuantMode.IMPLICIT:
+        return _calibration_tensors(fg, profile, QuantConfig(profile.activation_format))
+    return required_tensors(fg.model, QuantConfig(profile.activation_format),
+                            formats=(ActivationFormat.S8S8, ActivationFormat.U8S8))
+
+
+def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, options: CompileOptions,
+                  reusable: bool = False) -> tuple[ActivationStats, dict[str, Any]]:
     if options.calib is None:
         raise DataError("--int8 needs calibration data, and none was given",
                         "pass --calib with an image folder, list, .npy/.npz, video or digits:train; "
                         "--calib random builds for latency measurements only")
     config = QuantConfig(profile.activation_format, options.exclude)
-    tensors = _calibration_tensors(fg, profile, config)
+    tensors = reusable_tensors(fg, profile) if reusable else _calibration_tensors(fg, profile, config)
     bs = options.calibration.batch_size
     if options.calib == RANDOM_CALIB:
         log.warning("calibrating on random inputs: this bundle is for latency measurements only, not accuracy")
@@ -156,16 +172,41 @@ def tool_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------- compile
 
 
+def _reuse_stats(stats: ActivationStats, fg: FloatGraph, profile: TargetProfile, options: CompileOptions) -> None:
+    config = QuantConfig(profile.activation_format, options.exclude)
+    missing = [t for t in _calibration_tensors(fg, profile, config) if t not in stats.hists]
+    if missing:
+        raise QuantizationError(f"the calibration statistics passed in lack {len(missing)} tensors this build needs "
+                                f"(e.g. {missing[0]})", "calibrate with reusable=True, or let compile calibrate")
+
+
 def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | Path,
-                   input_size: int = 224) -> CompileResult:
+                   input_size: int = 224, *, float_graph: FloatGraph | None = None,
+                   stats: ActivationStats | None = None, calibration: dict[str, Any] | None = None,
+                   reusable_stats: bool = False) -> CompileResult:
+    """Build one bundle. With ``options.budget``: see :func:`edge_resnet.validate.budget.compile_with_budget`.
+
+    For rebuilds of the same model: ``float_graph`` skips the export, ``stats`` (with its ``calibration``
+    record, both from a previous CompileResult) skips calibration; ``reusable_stats`` calibrates every tensor any ``exclude``
+    list may need, so those stats can be reused with other exclusions.
+    """
+    if options.budget is not None:
+        from edge_resnet.validate.budget import compile_with_budget
+
+        return compile_with_budget(source, options, out_dir, input_size)
     profile = get_target(options.target)
     writer = BundleWriter(out_dir, force=options.force)  # fails fast if out_dir exists
-    fg = float_graph_for(source, input_size)
+    fg = float_graph or float_graph_for(source, input_size)
     spec = _spec_for(fg, options)
     precision = options.precision
-    stats, calib_record, qgraph = None, None, None
+    calib_record, qgraph = None, None
     if precision is Precision.INT8:
-        stats, calib_record = calibrate_for(fg, profile, spec, options)
+        if stats is not None:
+            _reuse_stats(stats, fg, profile, options)
+            calib_record = dict(calibration or {"source": "statistics passed in", "random": False,
+                                                "count": stats.images})
+        else:
+            stats, calib_record = calibrate_for(fg, profile, spec, options, reusable=reusable_stats)
         if profile.quant_mode is QuantMode.EXPLICIT:
             qgraph = quantize_graph(fg.model, stats, QuantConfig(profile.activation_format, options.exclude),
                                     options.calibration)
@@ -185,6 +226,7 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
             amax = stats.amax(options.calibration.method, **options.calibration.params())
             _write_scales(w.dir / SCALES, amax, options.calibration.method)
             extra["quantization"] = {"mode": "implicit", "tensors": len(amax)}
+        full_record = dict(calib_record) if calib_record else None
         labels = _labels(options, fg, calib_record)  # (drops class_names from the record)
         (w.dir / LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
         backend_input = w.dir / (INT8_ONNX if qgraph is not None else FLOAT_ONNX)
@@ -201,6 +243,7 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
             "calibration": ({**calib_record, **options_dict(options.calibration), "scales": SCALES}
                             if calib_record else None),
             **extra,
+            "kept_float": list(qgraph.report.kept_float) if qgraph is not None else [],
             "target": profile.to_dict(),
             "artifact": artifact.to_dict(),
             "tools": tool_versions(),
@@ -208,7 +251,8 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
         }
         path = w.finish(manifest)
     log.info("wrote bundle %s", path)
-    return CompileResult(load_bundle(path), fg, stats, qgraph.report if qgraph else None)
+    return CompileResult(load_bundle(path), fg, stats if precision is Precision.INT8 else None,
+                         qgraph.report if qgraph else None, full_record)
 
 
 def _write_scales(path: Path, amax: dict[str, float], method: CalibrationMethod) -> None:

@@ -20,6 +20,7 @@ _COMMANDS: dict[str, str] = {
     "quantize": "edge_resnet.cli.quantize_cmd:quantize",
     "compile": "edge_resnet.cli.compile_cmd:compile_",
     "targets": "edge_resnet.cli.compile_cmd:targets",
+    "validate": "edge_resnet.cli.validate_cmd:validate",
     "bench": "edge_resnet.cli.bench_cmd:bench",
     "report": "edge_resnet.cli.report_cmd:report",
 }

@@ -29,16 +29,27 @@ from edge_resnet.cli.data_options import make_spec, preprocess_options
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Class names, one per line (default: class folders of --calib when they match).")
 @preprocess_options
+@click.option("--max-drop", type=float, default=None,
+              help="Drift budget in points (top-1 drop on labelled --val data, else disagreement): validate after "
+                   "building and keep the most sensitive layers float until it is met (exit 3 if it cannot be).")
+@click.option("--val", "val_source", default=None, help="Validation data for --max-drop (e.g. digits:test).")
+@click.option("--val-count", type=click.IntRange(min=1), default=None, help="Validate on a sample of N images.")
+@click.option("--max-rebuilds", type=click.IntRange(min=0), default=8, show_default=True,
+              help="With --max-drop: rebuilds with more layers kept float before giving up.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
 def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, exclude, labels_file, input_size, resize, mean, std,
-             channel_order, force, output) -> None:
+             channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
     from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.types import Precision
+    from edge_resnet.validate.budget import DriftBudget
+
+    if (max_drop is None) != (val_source is None):
+        raise click.UsageError("--max-drop and --val go together: the budget is checked on the --val data")
 
     source = ModelSource(model_name, variant, weights, num_classes, not no_top, pooling, onnx_path)
     spec = make_spec(input_size, resize, mean, std, channel_order) if any(
@@ -47,7 +58,8 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
     options = CompileOptions(
         target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,
         calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile),
-        exclude=tuple(exclude), spec=spec, labels=labels, force=force)
+        exclude=tuple(exclude), spec=spec, labels=labels, force=force,
+        budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None)
     result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact
@@ -57,6 +69,13 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
     click.echo(f"target {b.profile.name} ({art.backend.value}, {b.profile.device}), {art.precision.value}")
     if not art.info.get("runnable", True):
         click.echo(f"engine not built here: {art.info.get('how_to_build')}")
+    if result.validation is not None:
+        from edge_resnet.cli.validate_cmd import format_table
+
+        click.echo("")
+        for line in format_table(result.validation):
+            click.echo(line)
+        click.echo("")
     click.echo(f"wrote bundle {b.path}:")
     for name in sorted(b.manifest["files"]):
         size = (b.path / name).stat().st_size
