@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # Measured in benchmarks/quantize_compare.py (ResNet-18/50 trained on digits, 512 images):
 # see the README of benchmarks/ for the figures behind this choice.
 DEFAULT_METHOD = CalibrationMethod.PERCENTILE
-DEFAULT_BATCH = 16
+DEFAULT_BATCH = 32
 
 
 @dataclass(frozen=True)
