@@ -258,7 +258,10 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
 def _write_scales(path: Path, amax: dict[str, float], method: CalibrationMethod) -> None:
     import json
 
-    path.write_text(json.dumps({"method": method.value, "tensors": {t: {"amax": a, "scale": activation_scale(a)} for t, a in amax.items()}}, indent=1))
+    # the same layout as QuantizedGraph.save_scales; implicit TensorRT uses signed int8, zero point 0
+    path.write_text(json.dumps({"method": method.value, "format": "s8s8", "amax": amax,
+                                "quantizers": {t: {"scale": activation_scale(a), "zero_point": 0} for t, a in amax.items()}},
+                               indent=1))
 
 
 def _labels(options: CompileOptions, fg: FloatGraph, calib_record: dict | None) -> list[str]:

@@ -7,6 +7,9 @@
 - ``ReduceMean``/``ReduceMax`` over H and W with keepdims become ``GlobalAveragePool`` /
   ``GlobalMaxPool`` and the following reshape to (N, C) becomes ``Flatten``: the forms every
   backend (and ORT's QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
+- Each node's single output tensor takes the node's name (``layer4.2.conv3``), so calibration
+  scales, the TensorRT calibration cache and per-layer reports read like the model. Graph inputs
+  and outputs keep their names.
 - Exporter metadata (stack traces with local file paths) is dropped, so the same model gives the
   same bytes on every machine.
 """
@@ -31,6 +34,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     _global_pools(model.graph)
     _flatten_after_pool(model.graph)
     _remove_dead_nodes(model.graph)
+    _name_tensors(model.graph)
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
@@ -73,6 +77,22 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
             seen[name] += 1
             name = name if seen[name] == 1 else f"{name}_{seen[name] - 1}"
         node.name = name
+
+
+def _name_tensors(graph: onnx.GraphProto) -> None:
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output} | {i.name for i in graph.initializer}
+    taken = set(keep)
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if len(node.output) != 1 or node.output[0] in keep or not node.name or node.name in taken:
+            continue
+        rename[node.output[0]] = node.name
+        taken.add(node.name)
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.output[:] = [rename.get(o, o) for o in node.output]
+    for vi in graph.value_info:
+        vi.name = rename.get(vi.name, vi.name)
 
 
 def _const_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
