@@ -228,7 +228,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     nodes = quantized_nodes(out, config)
     report = QDQReport()
     report.kept_float = [n.name for n in out.graph.node if n.op_type in INT8_OPS and n not in nodes and config.excludes(n)]
-    writer = _Writer(out, g, rule, amax)
+    writer = _Writer(out, g, rule, amax, {n.name for n in nodes})
 
     names = {n.name for n in nodes}
     fused = {n.name: g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if rule.fuse_residual else {}
@@ -251,17 +251,19 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
                     for idx, name in enumerate(consumer.input):
                         if name == t:
                             consumer.input[idx] = dq
-    report.activation_tensors = len(writer.done)
+    report.activation_tensors = len(writer.quantizers)
     report.quantizers = dict(writer.quantizers)
     out.graph.initializer.extend(writer.new_inits)
     _toposort(out.graph)
+    _drop_dead_nodes(out.graph)  # needs topological order
     _drop_unused_initializers(out.graph)
     return out, report
 
 
 class _Writer:
-    def __init__(self, model: onnx.ModelProto, g: _Graph, rule: FormatRule, amax: dict[str, float]) -> None:
-        self.model, self.g, self.rule, self.amax = model, g, rule, amax
+    def __init__(self, model: onnx.ModelProto, g: _Graph, rule: FormatRule, amax: dict[str, float],
+                 quantized: set[str]) -> None:
+        self.model, self.g, self.rule, self.amax, self.quantized = model, g, rule, amax, quantized
         self.done: dict[str, str] = {}
         self.quantizers: dict[str, tuple[float, int]] = {}
         self.new_inits: list[onnx.TensorProto] = []
@@ -281,9 +283,25 @@ class _Writer:
             return activation_scale(self.amax[src], 255), 0
         return activation_scale(self.amax[src]), self.rule.zero_point
 
+    def _relu_alias(self, tensor: str) -> str | None:
+        """For a ReLU output whose input is an int8 op's output quantized unsigned with this very
+        scale, that input: Q(Relu(DQ(q))) == q when the zero point is 0, so the ReLU and a second
+        Q/DQ pair go away (ORT otherwise keeps a DQ->Q requantization after every QLinearAdd)."""
+        relu = self.g.producer.get(tensor)
+        if not (self.rule.quantize_outputs and self.rule.unsigned_nonnegative) or relu is None or relu.op_type != "Relu":
+            return None
+        src = self.g.producer.get(relu.input[0])
+        if src is None or src.name not in self.quantized or src.op_type not in _OUTPUT_QUANTIZED:
+            return None
+        return relu.input[0] if _scale_source(self.g, relu.input[0]) == tensor else None
+
     def dequantized(self, tensor: str) -> str:
         """Name of DQ(Q(tensor)), creating the pair once per tensor."""
         if tensor in self.done:
+            return self.done[tensor]
+        alias = self._relu_alias(tensor)
+        if alias is not None:
+            self.done[tensor] = self.dequantized(alias)
             return self.done[tensor]
         scale, zero_point = self.quantizer_of(tensor)
         self.scales[tensor] = scale
@@ -363,6 +381,18 @@ def _toposort(graph: onnx.GraphProto) -> None:
         raise QuantizationError("the Q/DQ graph has a cycle or a dangling input", "report this as a bug")
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nobody reads (a ReLU folded into an unsigned quantizer)."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
