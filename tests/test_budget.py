@@ -100,8 +100,13 @@ def test_outlier_layer_is_found_and_kept_float(digits_r18, outlier_ckpt, tmp_pat
     np.testing.assert_allclose(edited, original, rtol=1e-3, atol=1e-3)
     assert (edited.argmax(1) == y).mean() == pytest.approx(digits_r18.test_accuracy, abs=1e-6)
 
+    # an S8S8 (TensorRT placement) OpenVINO CPU profile of the user's own: one Q/DQ per tensor, so
+    # keeping the consumer float is enough (the shipped cpu profile is u8s8: next test)
+    profile = tmp_path / "cpu-s8s8.toml"
+    profile.write_text('name = "cpu-s8s8"\ndescription = "OpenVINO CPU, TensorRT-style Q/DQ"\nbackend = "openvino"\n'
+                       'device = "CPU"\nactivation_format = "s8s8"\n')
     out = tmp_path / "b"
-    r = _compile(["--weights", str(outlier_ckpt), "--target", "cpu", "--max-drop", "1.0", "--val", "digits:test",
+    r = _compile(["--weights", str(outlier_ckpt), "--target", str(profile), "--max-drop", "1.0", "--val", "digits:test",
                   "-o", str(out)])
     assert r.exit_code == 0, r.output
     m = load_bundle(out).manifest
