@@ -21,7 +21,7 @@ from edge_resnet.data import PreprocessSpec, open_dataset
 
 log = logging.getLogger(__name__)
 
-DIGITS_CLASSES = [str(i) for i in range(10)]
+
 
 
 @dataclass(frozen=True)
