@@ -23,6 +23,7 @@ _COMMANDS: dict[str, str] = {
     "validate": "edge_resnet.cli.validate_cmd:validate",
     "bench": "edge_resnet.cli.bench_cmd:bench",
     "report": "edge_resnet.cli.report_cmd:report",
+    "run": "edge_resnet.cli.run_cmd:run",
     "demo": "edge_resnet.cli.demo_cmd:demo",
 }
 

@@ -1,0 +1,327 @@
+"""A loaded bundle that takes camera frames: the bundle's preprocessing, its backend, postprocessing.
+
+    model = edge_resnet.runtime.load("out/")      # OpenVINO, ONNX Runtime or TensorRT, from the bundle
+    model.classify(frame)                          # [Classification(labels, indices, scores)]
+    model.embed([frame1, frame2])                  # (2, D) L2-normalised float32
+    for r in model.stream("clip.mp4"): ...         # pipelined (see edge_resnet.runtime.stream)
+
+Frames are uint8 HxWx3 (OpenCV's BGR by default, ``order="rgb"`` for PIL/numpy RGB), PIL images,
+lists of them, or an (N, H, W, 3) uint8 array; an NCHW float32 array is taken as already
+preprocessed and passed through. Nothing here imports torch.
+
+Thread safety: ``classify``/``embed``/``infer`` may be called from several threads at once. OpenVINO
+and ONNX Runtime runners are thread-safe themselves (see their modules); other backends' calls are
+serialized with a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from edge_resnet.bundle import Bundle, load_bundle
+from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
+from edge_resnet.errors import BundleError, DataError
+from edge_resnet.runtime.sources import parse_order
+from edge_resnet.types import BackendName
+
+if TYPE_CHECKING:
+    from edge_resnet.backends.base import Runner
+    from edge_resnet.runtime.stream import Stream
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Classification", "Frames", "Model", "ModelKind", "load"]
+
+# a frame, a PIL image, a list of them, an (N, H, W, C) uint8 array, or an NCHW float32 batch
+Frames = Any
+
+# backends whose Runner.infer may be called from several threads at once
+THREAD_SAFE_BACKENDS = frozenset({BackendName.OPENVINO, BackendName.ONNXRUNTIME})
+
+
+class ModelKind(str, Enum):
+    CLASSIFIER = "classifier"  # output "logits"
+    EMBEDDING = "embedding"  # output "features", pooled: (N, D)
+    FEATURE_MAP = "feature_map"  # output "features", not pooled: (N, C, H, W)
+
+
+# manifest model.pooling of a "features" bundle -> its kind
+_KIND_OF_POOLING: dict[str | None, ModelKind] = {"avg": ModelKind.EMBEDDING, "max": ModelKind.EMBEDDING,
+                                                 "none": ModelKind.FEATURE_MAP}
+
+
+def model_kind(model: dict[str, Any]) -> ModelKind:
+    if model.get("output", "logits") == "logits":
+        return ModelKind.CLASSIFIER
+    # an --onnx model records no pooling: assume pooled; embed() checks the output's rank
+    return _KIND_OF_POOLING.get(model.get("pooling"), ModelKind.EMBEDDING)
+
+
+class Classification(NamedTuple):
+    """The top-k classes of one frame, best first. ``scores`` are softmax probabilities.
+
+    A NamedTuple (immutable, typed) rather than a dataclass: it is built once per frame, and a
+    frozen dataclass costs several times more to create.
+    """
+
+    indices: tuple[int, ...]
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def index(self) -> int:
+        return self.indices[0]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def score(self) -> float:
+        return self.scores[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top": [{"index": i, "label": lb, "score": s}
+                        for i, lb, s in zip(self.indices, self.labels, self.scores, strict=True)]}
+
+
+# ----------------------------------------------------------------------------------------- postprocess
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32 (max-subtracted, so large logits do not overflow)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values), each (N, k), largest first; equal values go to the lower class index."""
+    idx = probs.argmax(axis=1)[:, None] if k == 1 else np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return idx, probs[np.arange(len(probs))[:, None], idx]
+
+
+def top_k_softmax(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k(softmax(logits), k)``, ranked by the logits, in as few numpy calls as possible: right
+    after a large inference the caches are cold and every call costs several microseconds."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    total = e.sum(axis=1, keepdims=True)
+    if k == 1:  # the top entry of e is exp(0) == 1
+        return logits.argmax(axis=1)[:, None], 1.0 / total
+    idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return idx, e[np.arange(len(e))[:, None], idx] / total
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32, copy=False)
+
+
+def check_top_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataError(f"top_k must be a positive integer, got {k!r}", "use e.g. top_k=5")
+    return int(k)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def check_frame(frame: Any, where: str = "frame") -> np.ndarray:
+    """``frame`` as a uint8 image array, or DataError saying what is wrong with it."""
+    if isinstance(frame, Image.Image):
+        return np.asarray(frame.convert("RGB"))
+    if not isinstance(frame, np.ndarray):
+        raise DataError(f"{where} is a {type(frame).__name__}, not an image",
+                        "pass uint8 HxWx3 numpy arrays (OpenCV frames) or PIL images")
+    if frame.dtype != np.uint8:
+        raise DataError(f"{where} has dtype {frame.dtype}; frames must be uint8 (pixels 0..255)",
+                        "convert with np.clip(x, 0, 255).astype(np.uint8); an already preprocessed input "
+                        "must be one float32 NCHW batch")
+    if frame.ndim not in (2, 3):
+        raise DataError(f"{where} has {frame.ndim} dimensions {frame.shape}; expected HxWx3 (or HxW gray)",
+                        "pass one image per frame in channels-last layout; a batch as a list of frames")
+    if frame.ndim == 3 and frame.shape[2] not in (1, 3, 4):
+        raise DataError(f"{where} has {frame.shape[2]} channels {frame.shape}; expected 3 (or 1, 4)",
+                        "pass HxWx3 colour frames (channels last; transpose CHW arrays with .transpose(1, 2, 0))")
+    if frame.size == 0:
+        raise DataError(f"{where} is empty {frame.shape}", "check the frame source (a failed capture gives empty frames)")
+    return frame
+
+
+def _as_frame_list(frames: Frames) -> list[Any]:
+    if isinstance(frames, np.ndarray):
+        return list(frames) if frames.ndim == 4 and frames.dtype == np.uint8 else [frames]
+    if isinstance(frames, Image.Image):
+        return [frames]
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise DataError("got an empty list of frames", "pass at least one frame")
+        return list(frames)
+    raise DataError(f"cannot classify a {type(frames).__name__}",
+                    "pass a frame (uint8 HxWx3 array or PIL image), a list of frames, or an NCHW float32 batch")
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class Model:
+    """A bundle's artifact with its preprocessing and postprocessing. Make one with :func:`load`."""
+
+    def __init__(self, bundle: Bundle, runner: Runner, order: ChannelOrder | str = ChannelOrder.BGR) -> None:
+        self.bundle = bundle
+        self.runner = runner
+        self.order = parse_order(order)
+        self.spec: PreprocessSpec = bundle.spec  # frozen: threads share it
+        self.backend = BackendName(bundle.manifest["artifact"]["backend"])
+        self.kind = model_kind(bundle.manifest["model"])
+        self.labels: list[str] | None = bundle.labels
+        self.input_shape = (3, self.spec.input_size, self.spec.input_size)
+        self._lock: AbstractContextManager[Any] = (
+            nullcontext() if self.backend in THREAD_SAFE_BACKENDS else threading.Lock())
+        self._names: list[str] = list(self.labels or [])
+        self._names_lock = threading.Lock()
+        classes = bundle.manifest["model"].get("num_classes")
+        if self.kind is ModelKind.CLASSIFIER and self.labels is not None and classes and len(self.labels) != classes:
+            log.warning("%s has %d labels for %d classes: classes without a label are named by their index",
+                        bundle.path, len(self.labels), classes)
+
+    def __repr__(self) -> str:
+        return f"Model({self.bundle.path}, {self.backend.value}, {self.kind.value}, input {self.input_shape})"
+
+    # ---- inputs
+
+    def preprocess(self, frames: Frames, order: ChannelOrder | str | None = None) -> np.ndarray:
+        """Frames -> the NCHW float32 batch the artifact takes (an NCHW float32 batch is passed through)."""
+        if isinstance(frames, np.ndarray) and frames.dtype == np.float32 and frames.ndim == 4:
+            return self._check_preprocessed(frames)
+        items = _as_frame_list(frames)
+        order = self.order if order is None else parse_order(order)
+        out = np.empty((len(items), *self.input_shape), dtype=np.float32)
+        for i, frame in enumerate(items):
+            out[i] = self.prepare(frame, order, f"frame {i} of {len(items)}" if len(items) > 1 else "frame")
+        return out
+
+    def prepare(self, frame: Any, order: ChannelOrder, where: str = "frame") -> np.ndarray:
+        """One frame -> CHW float32 (PIL images are RGB whatever ``order`` says)."""
+        if isinstance(frame, Image.Image):
+            order = ChannelOrder.RGB
+        return self.spec.apply(check_frame(frame, where), order)
+
+    def _check_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1:] != self.input_shape or batch.shape[0] == 0:
+            raise DataError(f"preprocessed batch has shape {batch.shape}; this model takes N x "
+                            f"{' x '.join(map(str, self.input_shape))} float32 (N >= 1)",
+                            "pass raw uint8 frames to let the model preprocess them, or fix the batch's shape")
+        return batch
+
+    # ---- inference
+
+    def infer(self, frames: Frames, order: ChannelOrder | str | None = None) -> np.ndarray:
+        """The artifact's raw output (logits or features) for ``frames``."""
+        return self.run_batch(self.preprocess(frames, order))
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.runner.infer(batch)
+
+    def classify(self, frames: Frames, top_k: int = 5, order: ChannelOrder | str | None = None) -> list[Classification]:
+        """One :class:`Classification` per frame (a list also for a single frame)."""
+        self.require(ModelKind.CLASSIFIER)
+        k = check_top_k(top_k)
+        return self.classifications(self.infer(frames, order), k)
+
+    def embed(self, frames: Frames, order: ChannelOrder | str | None = None) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings, one row per frame."""
+        self.require(ModelKind.EMBEDDING)
+        return self.embeddings(self.infer(frames, order))
+
+    # ---- postprocessing (also used by streams)
+
+    def classifications(self, logits: np.ndarray, k: int) -> list[Classification]:
+        idx, scores = top_k_softmax(logits, min(k, logits.shape[1]))
+        names = self._label_names(logits.shape[1])
+        return [Classification(tuple(i), tuple([names[j] for j in i]), tuple(s))
+                for i, s in zip(idx.tolist(), scores.tolist(), strict=True)]
+
+    def embeddings(self, features: np.ndarray) -> np.ndarray:
+        if features.ndim != 2:
+            raise BundleError(f"{self.bundle.path} outputs {features.shape[1:]} feature maps, not embedding vectors",
+                              "compile an embedding bundle with --no-top --pooling avg (or max)")
+        return l2_normalize(features)
+
+    def _label_names(self, n: int) -> list[str]:
+        names = self._names
+        if len(names) < n:
+            with self._names_lock:
+                names = self._names = self._names + [str(i) for i in range(len(self._names), n)]
+        return names
+
+    def require(self, kind: ModelKind) -> None:
+        """BundleError when the bundle is not a ``kind`` model (e.g. classify on an embedding bundle)."""
+        if self.kind is kind:
+            return
+        raise BundleError(f"{self.bundle.path} is {_WHAT[self.kind]}, so it cannot {_WHY[kind]}", _FIX[(self.kind, kind)])
+
+    # ---- streams
+
+    def stream(self, source: Any, top_k: int = 1, order: ChannelOrder | str | None = None, *,
+               max_frames: int | None = None, keep_frames: bool = False, buffer: int = 4, batch: int = 1) -> Stream:
+        """Results for every frame of ``source`` in frame order, pipelined (see edge_resnet.runtime.stream).
+
+        For throughput on a CPU, an OpenVINO bundle loaded with ``load(path, hint="throughput")`` runs
+        requests side by side (one thread each) and ``batch=4`` batches waiting frames.
+        """
+        from edge_resnet.runtime.stream import Stream
+
+        return Stream(self, source, top_k=top_k, order=order, max_frames=max_frames, keep_frames=keep_frames,
+                      buffer=buffer, batch=batch)
+
+    # ---- lifetime
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+_WHAT: dict[ModelKind, str] = {
+    ModelKind.CLASSIFIER: "a classifier bundle (output: logits)",
+    ModelKind.EMBEDDING: "an embedding bundle (output: features, built with --no-top): it has no classes",
+    ModelKind.FEATURE_MAP: "a feature-map bundle (output: features, --no-top --pooling none)",
+}
+_WHY: dict[ModelKind, str] = {ModelKind.CLASSIFIER: "classify", ModelKind.EMBEDDING: "embed"}
+_FIX: dict[tuple[ModelKind, ModelKind], str] = {
+    (ModelKind.EMBEDDING, ModelKind.CLASSIFIER): "use model.embed(frames), or compile a classifier bundle (without --no-top)",
+    (ModelKind.FEATURE_MAP, ModelKind.CLASSIFIER): "use model.infer(frames) for the raw feature maps, or compile "
+                                                   "a classifier bundle (without --no-top)",
+    (ModelKind.CLASSIFIER, ModelKind.EMBEDDING): "use model.classify(frames), or compile an embedding bundle with "
+                                                 "--no-top --pooling avg",
+    (ModelKind.FEATURE_MAP, ModelKind.EMBEDDING): "use model.infer(frames) for the raw feature maps, or compile with "
+                                                  "--no-top --pooling avg for embeddings",
+}
+
+
+def load(path: str | Path, *, order: ChannelOrder | str = ChannelOrder.BGR, verify: bool = True,
+         **runner_options: Any) -> Model:
+    """Open the bundle at ``path`` and load its artifact with the backend it was compiled for.
+
+    ``order``: the default channel order of frames given to the model ("bgr" for OpenCV frames, "rgb"
+    for PIL/numpy). ``verify``: check the bundle's file hashes. ``runner_options`` go to the backend's
+    ``load`` (e.g. ``threads=2``, ``hint="throughput"`` for OpenVINO).
+    """
+    bundle = load_bundle(path, verify=verify)
+    runner = bundle.load_runner(**runner_options)
+    return Model(bundle, runner, order)
