@@ -56,19 +56,20 @@ def run_demo(out: str | Path = "edge-resnet-demo", *, calib_count: int = 512, be
     start = time.perf_counter()
     out = Path(out)
     recipe = DigitsRecipe()
-    say(f"[1/4] training {recipe.model} on digits:train at {recipe.input_size}x{recipe.input_size} (cached after the first run)")
+    steps = 2 + len(TARGETS)
+    say(f"[1/{steps}] training {recipe.model} on digits:train at {recipe.input_size}x{recipe.input_size} (cached after the first run)")
     trained = train_digits(recipe, progress=progress)
     say(f"      {100 * trained.test_accuracy:.2f}% top-1 on digits:test ({trained.checkpoint})")
     source = ModelSource(recipe.model, weights=str(trained.checkpoint), num_classes=10)
     result = DemoResult(out, trained.test_accuracy)
     for i, target in enumerate(TARGETS):
-        say(f"[{2 + (i > 0)}/4] compiling int8 for {target}" + (", validating on digits:test, benchmarking int8 vs fp32"
-                                                                 if target != "jetson" else ""))
+        say(f"[{2 + i}/{steps}] compiling int8 for {target}" + (", validating on digits:test, benchmarking int8 vs fp32"
+                                                                  if target != "jetson" else ""))
         options = CompileOptions(target=target, calib="digits:train", calib_count=calib_count, spec=recipe.spec(),
                                  labels=tuple(DIGITS_CLASS_NAMES), force=True, progress=progress)
         compiled = compile_bundle(source, options, out / target, input_size=recipe.input_size)
         result.rows.append(_evaluate(compiled.bundle, target, bench_seconds, progress))
-    say("[4/4] writing the summary")
+    say(f"[{steps}/{steps}] writing the summary")
     result.seconds = time.perf_counter() - start
     (out / "summary.json").write_text(json.dumps(summary_dict(result), indent=2))
     return result

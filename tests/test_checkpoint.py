@@ -89,3 +89,11 @@ def test_missing_file_and_non_state_dict(tmp_path):
     torch.save({"epoch": 1, "lr": 0.1}, path)
     with pytest.raises(CheckpointError, match="holds no state_dict"):
         load_weights(build_model("resnet18"), path)
+
+
+def test_headless_model_takes_a_full_checkpoint(tmp_path, r18_sd):
+    path = tmp_path / "full.pth"
+    torch.save(r18_sd, path)  # has fc.weight / fc.bias
+    model = build_model("resnet18", include_top=False, pooling="avg")
+    load_weights(model, path)
+    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], r18_sd["layer4.1.conv2.weight"])

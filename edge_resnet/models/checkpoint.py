@@ -127,9 +127,16 @@ def guess_architecture(sd: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str:
-    """Load ``path`` into ``model`` (strictly), returning the file's sha256 for the manifest."""
+    """Load ``path`` into ``model`` (strictly), returning the file's sha256 for the manifest.
+
+    A headless model (include_top=False) takes a full checkpoint and leaves its classifier out,
+    as Keras does with ``include_top=False`` weights.
+    """
     path = Path(path)
     sd = read_state_dict(path)
+    if not hasattr(model, "fc") and any(k.startswith("fc.") for k in sd):
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+        log.info("the model has no classifier head: ignoring the checkpoint's fc weights")
     mm = compare(model, sd)
     if mm:
         raise CheckpointError(_describe(path, mm, sd), _hint(sd))
