@@ -60,10 +60,16 @@ class Runner(ABC):
 
 class Backend(ABC):
     name: BackendName
+    library: str  # the Python module the backend needs, e.g. "openvino"
 
-    @abstractmethod
     def available(self) -> bool:
-        """True when the backend's library can be imported here (does not import it eagerly)."""
+        """True when the backend's library can be imported here (without importing it)."""
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec(self.library) is not None
+        except (ImportError, ValueError):  # ValueError: sys.modules[library] is None or has no spec
+            return False
 
     @abstractmethod
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:

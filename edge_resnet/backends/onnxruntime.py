@@ -267,14 +267,7 @@ def session_options(ort: ModuleType, threads: int | None) -> Any:
 
 class OnnxRuntimeBackend(Backend):
     name = BackendName.ONNXRUNTIME
-
-    def available(self) -> bool:
-        import importlib.util
-
-        try:
-            return importlib.util.find_spec("onnxruntime") is not None
-        except (ImportError, ValueError):  # ValueError: sys.modules["onnxruntime"] is None or has no spec
-            return False
+    library = "onnxruntime"
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """Copy the model into ``out_dir`` and save ORT's portable optimized graph next to it, for inspection."""

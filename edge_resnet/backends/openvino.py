@@ -483,14 +483,7 @@ def read_ir(core: Any, xml: Path, bin_path: Path) -> Any:
 
 class OpenVINOBackend(Backend):
     name = BackendName.OPENVINO
-
-    def available(self) -> bool:
-        import importlib.util
-
-        try:
-            return importlib.util.find_spec("openvino") is not None
-        except (ImportError, ValueError):  # ValueError: sys.modules["openvino"] is None or has no spec
-            return False
+    library = "openvino"
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present."""

@@ -838,9 +838,7 @@ class TensorRTRunner(Runner):
 
 class TensorRTBackend(Backend):
     name = BackendName.TENSORRT
-
-    def available(self) -> bool:
-        return importlib.util.find_spec("tensorrt") is not None
+    library = "tensorrt"
 
     def compile(
         self,

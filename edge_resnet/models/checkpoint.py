@@ -7,7 +7,6 @@ timm/train scripts), keys with a ``module.`` prefix (DataParallel/DDP).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Mapping
@@ -25,14 +24,6 @@ log = logging.getLogger(__name__)
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
 _SHOW = 5  # how many of each kind of mismatch to list
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -142,7 +133,9 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
         raise CheckpointError(_describe(path, mm, sd), _hint(sd))
     model.load_state_dict(sd, strict=False)  # strict except num_batches_tracked, checked above
     log.info("loaded %d tensors from %s", len(sd), path)
-    return file_sha256(path)
+    from edge_resnet.bundle import sha256_file
+
+    return sha256_file(path)
 
 
 def _describe(path: Path, mm: Mismatch, sd: Mapping[str, torch.Tensor]) -> str:
