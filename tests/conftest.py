@@ -67,3 +67,68 @@ def digits_r50(cache_dir) -> Digits:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+# --------------------------------------------------------------------------- shared Q/DQ graphs and bundles
+
+
+def random_r50_float(tmp_path_factory) -> onnx.ModelProto:
+    """A random-weight (seed 0) float ResNet-50 at 64x64, exported once per test session (the export is
+    the slow part; the backend tests only look at graph structure and coverage)."""
+    path = tmp_path_factory.getbasetemp() / "resnet50-64-random-seed0.onnx"
+    if not path.is_file():
+        import torch
+
+        from edge_resnet.graph.export import export_float_graph
+        from edge_resnet.models import build_model
+
+        torch.manual_seed(0)
+        tmp = path.with_suffix(".partial")
+        onnx.save(export_float_graph(build_model("resnet50", num_classes=10), 64).model, tmp)
+        tmp.replace(path)
+    return onnx.load(str(path))
+
+
+def r18_qdq_files(digits: Digits, tmp_path_factory, fmt, n_test: int = 256, threads: int = 2) -> dict:
+    """The digits-trained ResNet-18: float and Q/DQ (``fmt``) ONNX files, ``n_test`` test images and the
+    float reference (ONNX Runtime on the float graph). Keys: dir, float, <fmt value>, x, ref."""
+    from edge_resnet.data import open_dataset
+    from edge_resnet.quant.pipeline import quantize, run_onnx
+    from edge_resnet.quant.qdq import QuantConfig
+
+    qg = quantize(digits.float_graph, open_dataset("digits:train", digits.spec, count=256), QuantConfig(fmt), progress=False)
+    d = tmp_path_factory.mktemp(f"r18-{fmt.value}")
+    onnx.save(digits.float_graph, d / "float.onnx")
+    onnx.save(qg.model, d / f"{fmt.value}.onnx")
+    x, _ = digits.arrays("test", n_test)
+    return {"dir": d, "float": d / "float.onnx", fmt.value: d / f"{fmt.value}.onnx", "x": x,
+            "ref": run_onnx(digits.float_graph, x, threads=threads)}
+
+
+def r50_qdq_files(tmp_path_factory, fmt) -> dict:
+    """The random ResNet-50, quantized in ``fmt`` (fusion and coverage do not depend on training)."""
+    from edge_resnet.data import PreprocessSpec, open_dataset
+    from edge_resnet.quant.pipeline import quantize
+    from edge_resnet.quant.qdq import QuantConfig
+
+    data = open_dataset("digits:train", PreprocessSpec(input_size=64, resize=64), count=32)
+    d = tmp_path_factory.mktemp(f"r50-{fmt.value}")
+    qg = quantize(random_r50_float(tmp_path_factory), data, QuantConfig(fmt), progress=False)
+    onnx.save(qg.model, d / f"{fmt.value}.onnx")
+    return {"dir": d, fmt.value: d / f"{fmt.value}.onnx"}
+
+
+def build_digits_bundle(root: Path, checkpoint: Path, target: str) -> Path:
+    """A digits ResNet-18 INT8 bundle for ``target`` compiled with the CLI, once per session."""
+    from click.testing import CliRunner
+
+    from edge_resnet.cli.app import cli
+
+    out = root / target
+    if not (out / "manifest.json").is_file():
+        result = CliRunner().invoke(cli, [
+            "-q", "compile", "--model", "resnet18", "--num-classes", "10", "--weights", str(checkpoint),
+            "--input-size", "32", "--resize", "32", "--target", target, "--calib", "digits:train",
+            "--calib-count", "128", "--force", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    return out

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from conftest import cosine, r18_qdq_files, r50_qdq_files
 
 from edge_resnet.backends import openvino as ov_backend
 from edge_resnet.backends.base import Artifact, get_backend
@@ -38,60 +39,17 @@ N_TEST = 256
 THREADS = 2
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="module")
 def r18(digits_r18: Any, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The digits-trained ResNet-18 (conftest): float and S8S8 Q/DQ ONNX files, 256 test images, the float
-    reference (ONNX Runtime on the float graph)."""
-    from edge_resnet.data import open_dataset
-    from edge_resnet.quant.pipeline import quantize, run_onnx
-    from edge_resnet.quant.qdq import QuantConfig
-
-    qg = quantize(digits_r18.float_graph, open_dataset("digits:train", digits_r18.spec, count=256),
-                  QuantConfig(ActivationFormat.S8S8), progress=False)
-    d = tmp_path_factory.mktemp("ov-r18")
-    onnx.save(digits_r18.float_graph, d / "float.onnx")
-    onnx.save(qg.model, d / "s8s8.onnx")
-    x, _ = digits_r18.arrays("test", N_TEST)
-    return {"dir": d, "float": d / "float.onnx", "s8s8": d / "s8s8.onnx", "x": x,
-            "ref": run_onnx(digits_r18.float_graph, x, threads=THREADS)}
-
-
-def random_r50_float(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
-    """A random-weight (seed 0) float ResNet-50 at 64x64, exported once per test session: the OpenVINO and
-    ONNX Runtime tests share the file (the export is the slow part)."""
-    path = tmp_path_factory.getbasetemp() / "resnet50-64-random-seed0.onnx"
-    if not path.is_file():
-        import torch
-
-        from edge_resnet.graph.export import export_float_graph
-        from edge_resnet.models import build_model
-
-        torch.manual_seed(0)
-        tmp = path.with_suffix(".partial")
-        onnx.save(export_float_graph(build_model("resnet50", num_classes=10), 64).model, tmp)
-        tmp.replace(path)
-    return onnx.load(str(path))
+    return r18_qdq_files(digits_r18, tmp_path_factory, ActivationFormat.S8S8, N_TEST, THREADS)
 
 
 @pytest.fixture(scope="module")
 def r50_s8s8(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The random ResNet-50, quantized S8S8 (coverage does not depend on training)."""
-    from edge_resnet.data import PreprocessSpec, open_dataset
-    from edge_resnet.quant.pipeline import quantize
-    from edge_resnet.quant.qdq import QuantConfig
-
-    data = open_dataset("digits:train", PreprocessSpec(input_size=64, resize=64), count=32)
-    d = tmp_path_factory.mktemp("ov-r50")
-    qg = quantize(random_r50_float(tmp_path_factory), data, QuantConfig(ActivationFormat.S8S8), progress=False)
-    onnx.save(qg.model, d / "s8s8.onnx")
-    return {"dir": d, "s8s8": d / "s8s8.onnx"}
+    return r50_qdq_files(tmp_path_factory, ActivationFormat.S8S8)
 
 
 def _build(onnx_path: Path, out_dir: Path, precision: Precision, target: str = "cpu") -> Artifact:

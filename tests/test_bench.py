@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import build_digits_bundle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -206,22 +207,10 @@ def test_batch_above_the_artifact_range_is_refused_and_runners_closed() -> None:
 # ------------------------------------------------------------------------------------ real bundles
 
 
-def build_bundle(root: Path, checkpoint: Path, target: str) -> Path:
-    """A digits ResNet-18 INT8 bundle for ``target``, compiled once per session with the CLI."""
-    out = root / target
-    if not (out / "manifest.json").is_file():
-        result = CliRunner().invoke(cli, [
-            "-q", "compile", "--model", "resnet18", "--num-classes", "10", "--weights", str(checkpoint),
-            "--input-size", "32", "--resize", "32", "--target", target, "--calib", "digits:train",
-            "--calib-count", "128", "--force", "-o", str(out)])
-        assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture(scope="session")
 def bundles(digits_r18, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.getbasetemp() / "digits-bundles"
-    return {t: build_bundle(root, digits_r18.checkpoint, t) for t in ("cpu", "onnxruntime")}
+    return {t: build_digits_bundle(root, digits_r18.checkpoint, t) for t in ("cpu", "onnxruntime")}
 
 
 def _check_results(results: list[dict], batches: tuple[int, ...], iters: int, latency_mode: bool) -> None:

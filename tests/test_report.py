@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import build_digits_bundle
 
 from edge_resnet.cli.app import cli
 from edge_resnet.report import html as report_html
@@ -188,21 +189,9 @@ def test_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 # ------------------------------------------------------------------------------- real bundle, real numbers
 
 
-def build_bundle(root: Path, checkpoint: Path, target: str) -> Path:
-    """Same as tests/test_bench.py: one compile per session, shared through the session's base temp dir."""
-    out = root / target
-    if not (out / "manifest.json").is_file():
-        result = CliRunner().invoke(cli, [
-            "-q", "compile", "--model", "resnet18", "--num-classes", "10", "--weights", str(checkpoint),
-            "--input-size", "32", "--resize", "32", "--target", target, "--calib", "digits:train",
-            "--calib-count", "128", "--force", "-o", str(out)])
-        assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture(scope="module")
 def cpu_bundle(digits_r18, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bundle(tmp_path_factory.getbasetemp() / "digits-bundles", digits_r18.checkpoint, "cpu")
+    return build_digits_bundle(tmp_path_factory.getbasetemp() / "digits-bundles", digits_r18.checkpoint, "cpu")
 
 
 @pytest.fixture(scope="module")
