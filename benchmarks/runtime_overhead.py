@@ -212,10 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     cap = cv2.VideoCapture(str(video))
     _, frame = cap.read()
     cap.release()
-    print(f"setup: ResNet-50 INT8 {INPUT_SIZE}x{INPUT_SIZE}, {args.frames} frames {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} MJPG, "
+    print(f"setup: {args.frames} frames {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} MJPG, "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f} (other jobs share the cores)")
     for path in bundles:
         model = rt.load(path)
+        m = model.bundle.manifest
+        print(f"{path}: {m['model'].get('name', 'onnx')} {m['precision']} {m['preprocess']['input_size']}px")
         batch = model.preprocess(frame)
         spec, runner = model.spec, model.runner
         print(f"\n{path.name}: {model.backend.value} {getattr(runner, 'describe', dict)()}")
