@@ -14,11 +14,12 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from edge_resnet.errors import BackendError
+from edge_resnet.errors import BackendError, BackendUnavailable
 from edge_resnet.targets import TargetProfile
 from edge_resnet.types import BackendName, Precision
 
@@ -78,6 +79,14 @@ class Backend(ABC):
     @abstractmethod
     def load(self, bundle_dir: Path, artifact: Artifact, **options: Any) -> Runner:
         """Load a previously compiled artifact for inference."""
+
+
+def import_library(name: str, fix: str) -> ModuleType:
+    """Import a backend's library, or raise BackendUnavailable with ``fix``."""
+    try:
+        return __import__(name)  # as an import statement does (honours import hooks); top-level names only
+    except (ImportError, OSError) as exc:  # OSError: a wheel whose shared libraries cannot load
+        raise BackendUnavailable(f"the {name} Python package is not installed here (or cannot load: {exc})", fix) from exc
 
 
 # name -> "module:Class", imported only when asked for

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner
-from edge_resnet.errors import BackendError, BackendUnavailable
+from edge_resnet.backends.base import Artifact, Backend, Runner, import_library
+from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile
 from edge_resnet.types import ActivationFormat, BackendName, Precision
 
@@ -45,15 +45,7 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def import_onnxruntime() -> ModuleType:
-    """The onnxruntime module, or BackendUnavailable naming the fix."""
-    try:
-        import onnxruntime
-    except (ImportError, OSError) as exc:  # OSError: a wheel whose shared libraries cannot load
-        raise BackendUnavailable(
-            f"the onnxruntime Python package is not installed here (or cannot load: {exc})",
-            "pip install onnxruntime (a dependency of edge-resnet: reinstall the package)",
-        ) from exc
-    return onnxruntime
+    return import_library("onnxruntime", "pip install onnxruntime (a dependency of edge-resnet: reinstall the package)")
 
 
 def _first_line(exc: BaseException) -> str:

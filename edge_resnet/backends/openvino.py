@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner
-from edge_resnet.errors import BackendError, BackendUnavailable
+from edge_resnet.backends.base import Artifact, Backend, Runner, import_library
+from edge_resnet.errors import BackendError
 from edge_resnet.targets import BatchRange, TargetProfile
 from edge_resnet.types import BackendName, Precision
 
@@ -65,15 +65,7 @@ VIRTUAL_DEVICES = frozenset({"AUTO", "HETERO", "MULTI", "BATCH"})
 
 
 def import_openvino() -> ModuleType:
-    """The openvino module, or BackendUnavailable naming the fix."""
-    try:
-        import openvino
-    except (ImportError, OSError) as exc:  # OSError: a wheel whose shared libraries cannot load
-        raise BackendUnavailable(
-            f"the openvino Python package is not installed here (or cannot load: {exc})",
-            "pip install 'edge-resnet[openvino]' (or pip install openvino), or use the onnxruntime target",
-        ) from exc
-    return openvino
+    return import_library("openvino", "pip install 'edge-resnet[openvino]' (or pip install openvino), or use the onnxruntime target")
 
 
 def _version(ov: ModuleType) -> str:

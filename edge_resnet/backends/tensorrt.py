@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner
+from edge_resnet.backends.base import Artifact, Backend, Runner, import_library
 from edge_resnet.errors import BackendError, BackendUnavailable, BundleError
 from edge_resnet.targets import TargetProfile, TensorRTOptions
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
@@ -375,14 +375,8 @@ def check_onnx_for_plan(summary: OnnxSummary, plan: BuildPlan, onnx_path: Path) 
 
 
 def import_tensorrt() -> ModuleType:
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "the tensorrt Python package is not installed here",
-            "pip install 'edge-resnet[tensorrt]' on a machine with an NVIDIA GPU, or use the Jetson bundle's "
-            "build_engine.sh on the device",
-        ) from exc
+    return import_library("tensorrt", "pip install 'edge-resnet[tensorrt]' on a machine with an NVIDIA GPU, or use "
+                                      "the Jetson bundle's build_engine.sh on the device")
 
 
 def _enum_member(trt: ModuleType, enum_name: str, member: str) -> Any:

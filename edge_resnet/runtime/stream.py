@@ -2,7 +2,7 @@
 
     with model.stream("clip.mp4", top_k=1) as results:
         for r in results:
-            print(r.index, r.classification.label, r.latency)
+            show(r.index, r.classification.label, r.latency)
 
 One thread decodes and preprocesses frames. Inference then runs on OpenVINO's asynchronous
 requests (a few in flight, started and collected in the consumer's thread) for OpenVINO bundles,
