@@ -89,6 +89,20 @@ def import_library(name: str, fix: str) -> ModuleType:
         raise BackendUnavailable(f"the {name} Python package is not installed here (or cannot load: {exc})", fix) from exc
 
 
+def read_onnx_structure(onnx_path: Path):  # -> onnx.ModelProto
+    """The graph of an ONNX file without its weights, read before a backend does: the backends'
+    own errors for a missing or corrupt file are obscure."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise BackendError(f"ONNX file {onnx_path} does not exist", "export or quantize the model first")
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError, ...
+        raise BackendError(f"cannot read ONNX file {onnx_path}: {exc}", "re-export the model") from exc
+
+
 # name -> "module:Class", imported only when asked for
 _REGISTRY: dict[BackendName, str] = {
     BackendName.OPENVINO: "edge_resnet.backends.openvino:OpenVINOBackend",

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library
+from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile
 from edge_resnet.types import ActivationFormat, BackendName, Precision
@@ -86,15 +86,9 @@ def activation_format_of(facts: OnnxFacts) -> str | None:
 
 
 def inspect_onnx(onnx_path: Path) -> OnnxFacts:
-    import onnx
     from onnx.external_data_helper import uses_external_data
 
-    if not onnx_path.is_file():
-        raise BackendError(f"ONNX file {onnx_path} does not exist", "export or quantize the model first")
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # DecodeError, OSError, ...
-        raise BackendError(f"cannot read ONNX file {onnx_path}: {exc}", "re-export the model") from exc
+    model = read_onnx_structure(onnx_path)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in inits]

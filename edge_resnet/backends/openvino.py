@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library
+from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import BatchRange, TargetProfile
 from edge_resnet.types import BackendName, Precision
@@ -123,14 +123,8 @@ class OnnxFacts:
 
 def inspect_onnx(onnx_path: Path) -> OnnxFacts:
     """Read the ONNX (no weights) before OpenVINO does: its errors for a bad file are obscure."""
-    import onnx
 
-    if not onnx_path.is_file():
-        raise BackendError(f"ONNX file {onnx_path} does not exist", "export or quantize the model first")
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # DecodeError, OSError, ...
-        raise BackendError(f"cannot read ONNX file {onnx_path}: {exc}", "re-export the model") from exc
+    model = read_onnx_structure(onnx_path)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library
+from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
 from edge_resnet.errors import BackendError, BackendUnavailable, BundleError
 from edge_resnet.targets import TargetProfile, TensorRTOptions
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
@@ -323,10 +323,7 @@ def summarize_onnx(onnx_path: Path) -> OnnxSummary:
     """The facts about an ONNX file the build depends on (no weights are loaded)."""
     import onnx
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise BackendError(f"cannot read ONNX file {onnx_path}: {exc}", "re-export the model") from exc
+    model = read_onnx_structure(onnx_path)
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
