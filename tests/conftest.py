@@ -132,3 +132,29 @@ def build_digits_bundle(root: Path, checkpoint: Path, target: str) -> Path:
             "--calib-count", "128", "--force", "-o", str(out)])
         assert result.exit_code == 0, result.output
     return out
+
+
+def assert_thread_safe(runner, batches: list[np.ndarray], repeats: int = 5) -> None:
+    """Several threads calling ``runner.infer`` at once each get exactly the single-threaded result."""
+    import threading
+
+    expected = [runner.infer(b) for b in batches]
+    results: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = [runner.infer(batches[i]) for _ in range(repeats)]
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(results) == list(range(len(batches)))
+    for i, outs in results.items():
+        for out in outs:
+            np.testing.assert_array_equal(out, expected[i])

@@ -9,7 +9,6 @@ import dataclasses
 import importlib.util
 import logging
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import cosine, r18_qdq_files, r50_qdq_files
+from conftest import assert_thread_safe, cosine, r18_qdq_files, r50_qdq_files
 
 from edge_resnet.backends import openvino as ov_backend
 from edge_resnet.backends.base import Artifact, get_backend
@@ -213,27 +212,7 @@ def test_batches_beyond_the_profile_range_are_split(r18: dict, r18_int8: tuple) 
 
 @needs_openvino
 def test_infer_is_safe_from_several_threads(r18: dict, r18_int8: tuple) -> None:
-    runner = r18_int8[2]
-    batches = [r18["x"][i * 8:(i + 1) * 8] for i in range(4)]
-    expected = [runner.infer(b) for b in batches]
-    results: dict[int, list[np.ndarray]] = {}
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            results[i] = [runner.infer(batches[i]) for _ in range(5)]
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for i, outs in results.items():
-        for out in outs:
-            np.testing.assert_array_equal(out, expected[i])
+    assert_thread_safe(r18_int8[2], [r18["x"][i * 8:(i + 1) * 8] for i in range(4)])
 
 
 @needs_openvino
