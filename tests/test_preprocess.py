@@ -82,12 +82,19 @@ def test_default_output_shape_and_upsampling_small_images():
     np.testing.assert_allclose(out[:, 100, 100], -MEAN / STD, rtol=1e-6)
 
 
-def test_bgr_input_gives_the_same_result_as_rgb():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
-    spec = PreprocessSpec(input_size=16, resize=20)
-    np.testing.assert_array_equal(spec.apply(rgb[..., ::-1].copy(), ChannelOrder.BGR), spec.apply(rgb))
-    np.testing.assert_array_equal(spec.apply(rgb[..., ::-1], "bgr"), spec.apply(rgb))
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("model_order", list(ChannelOrder))
+@pytest.mark.parametrize("shape", [(37, 53), (480, 640), (301, 97)])
+def test_bgr_input_gives_the_same_result_as_rgb(interpolation, model_order, shape):
+    """A BGR frame is resized in its own order and reordered after the crop: the bytes must equal
+    reordering the full frame to RGB first (PIL resamples each channel on its own)."""
+    rng = np.random.default_rng(shape[0])
+    rgb = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    spec = PreprocessSpec(input_size=16, resize=20, interpolation=interpolation, channel_order=model_order)
+    reference = spec.apply(rgb)
+    np.testing.assert_array_equal(spec.apply(rgb[..., ::-1].copy(), ChannelOrder.BGR), reference)
+    np.testing.assert_array_equal(spec.apply(rgb[..., ::-1], "bgr"), reference)
+    np.testing.assert_array_equal(spec.resize_and_crop(rgb[..., ::-1], "bgr"), spec.resize_and_crop(rgb))
 
 
 def test_bgr_model_gets_reversed_channels_and_its_own_mean():

@@ -29,6 +29,7 @@ __all__ = [
     "DeepStreamNormalization",
     "NormalizationAffine",
     "PreprocessSpec",
+    "three_channels",
     "to_rgb",
 ]
 
@@ -213,19 +214,28 @@ class PreprocessSpec:
             return int(self.resize * height / width), self.resize
         return self.resize, int(self.resize * width / height)
 
-    def resize_and_crop(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
-        """The geometric part only: uint8 image in -> ``input_size`` square uint8 HxWx3 RGB out."""
-        rgb = to_rgb(image, order)
-        h, w = rgb.shape[:2]
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        """Resize (shorter side to ``resize``) and centre-crop an HxWx3 uint8 image, channels untouched.
+
+        PIL resamples each channel on its own, so resizing a BGR frame and reordering the crop gives
+        the same bytes as reordering first (tested), without copying the full frame.
+        """
+        h, w = image.shape[:2]
         new_h, new_w = self.resized_size(h, w)
         if (new_h, new_w) != (h, w):
-            pil = Image.fromarray(rgb)  # HxWx3 uint8 -> mode "RGB"
+            pil = Image.fromarray(np.ascontiguousarray(image))  # HxWx3 uint8 -> "RGB" (any order)
             pil = pil.resize((new_w, new_h), _RESAMPLING[self.interpolation], reducing_gap=None)
-            rgb = np.asarray(pil)
+            image = np.asarray(pil)
         s = self.input_size
         top = int(round((new_h - s) / 2.0))
         left = int(round((new_w - s) / 2.0))
-        return rgb[top : top + s, left : left + s]
+        return image[top : top + s, left : left + s]
+
+    def resize_and_crop(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
+        """The geometric part only: uint8 image in -> ``input_size`` square uint8 HxWx3 RGB out."""
+        image, order = three_channels(image, order)
+        crop = self._crop(image)
+        return crop[..., ::-1] if order is ChannelOrder.BGR else crop
 
     def apply(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
         """One uint8 image (HxWx3 in ``order``, HxW grayscale, or HxWx4 with alpha) -> CHW float32.
@@ -233,13 +243,13 @@ class PreprocessSpec:
         ``order`` is the channel order of the given image (OpenCV frames are BGR); the output is in
         the model's channel order (``self.channel_order``).
         """
-        crop = self.resize_and_crop(image, order)
-        if self.channel_order is ChannelOrder.BGR:
-            crop = crop[..., ::-1]
+        image, order = three_channels(image, order)
+        crop = self._crop(image)
+        swap = order is not self.channel_order  # output channel c reads crop channel 2 - c
         lut = self._lut
         out = np.empty((3, self.input_size, self.input_size), dtype=np.float32)
         for c in range(3):
-            np.take(lut[c], crop[..., c], out=out[c])
+            np.take(lut[c], crop[..., 2 - c if swap else c], out=out[c])
         return out
 
     def apply_batch(
@@ -295,11 +305,10 @@ class PreprocessSpec:
         )
 
 
-def to_rgb(image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
-    """Validate one uint8 image and return it as HxWx3 RGB (grayscale replicated, alpha dropped).
-
-    ``order`` is the channel order of ``image`` (``bgr`` for OpenCV frames, also BGRA).
-    """
+def three_channels(image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> tuple[np.ndarray, ChannelOrder]:
+    """Validate one uint8 image; return it as HxWx3 in its own channel order (grayscale replicated, alpha
+    dropped), and that order. No copy for an HxWx3 array: the caller reorders channels later, on
+    the small crop rather than on the full frame."""
     if not isinstance(image, np.ndarray):
         raise DataError(
             f"expected an image as a numpy array, got {type(image).__name__}",
@@ -320,7 +329,7 @@ def to_rgb(image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> n
     if image.ndim == 2:
         if image.size == 0:
             raise DataError(f"empty image of shape {image.shape}", "check the image source")
-        return np.repeat(image[..., None], 3, axis=2)
+        return np.repeat(image[..., None], 3, axis=2), order
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise DataError(
             f"expected an image of shape (H, W, 3), (H, W, 4) or (H, W), got {image.shape}",
@@ -328,7 +337,13 @@ def to_rgb(image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> n
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"empty image of shape {image.shape}", "check the image source")
-    rgb = image[..., :3]
-    if order is ChannelOrder.BGR:
-        rgb = rgb[..., ::-1]
-    return np.ascontiguousarray(rgb)
+    return image[..., :3], order
+
+
+def to_rgb(image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
+    """Validate one uint8 image and return it as HxWx3 RGB (grayscale replicated, alpha dropped).
+
+    ``order`` is the channel order of ``image`` (``bgr`` for OpenCV frames, also BGRA).
+    """
+    image, order = three_channels(image, order)
+    return np.ascontiguousarray(image[..., ::-1] if order is ChannelOrder.BGR else image)
