@@ -217,3 +217,18 @@ def test_deepstream_scalar_scale():
     assert equal.exact and equal.max_relative_error == 0.0
     assert equal.net_scale_factor == pytest.approx(2 / 255)
     assert equal.config_entries()["model-color-format"] == "1"
+
+
+def test_apply_writes_into_a_given_row():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(30, 41, 3), dtype=np.uint8)
+    spec = PreprocessSpec(input_size=16, resize=20)
+    batch = np.full((2, 3, 16, 16), np.nan, np.float32)
+    got = spec.apply(image, "bgr", out=batch[1])
+    assert got is not None and np.shares_memory(got, batch)
+    np.testing.assert_array_equal(batch[1], spec.apply(image, "bgr"))
+    assert np.isnan(batch[0]).all()
+    with pytest.raises(DataError, match=r"C-contiguous float32 array of shape \(3, 16, 16\)"):
+        spec.apply(image, out=np.empty((3, 16, 17), np.float32))
+    with pytest.raises(DataError, match="C-contiguous"):
+        spec.apply(image, out=np.empty((3, 16, 16, 2), np.float32)[..., 0])

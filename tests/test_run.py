@@ -64,9 +64,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_run_on_a_video_matches_the_runtime_and_direct_inference(bundle: Path, video: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["throughput", "latency"])
+def test_run_on_a_video_matches_the_runtime_and_direct_inference(bundle: Path, video: Path, tmp_path: Path,
+                                                                 mode: str) -> None:
     out = tmp_path / "out.jsonl"
-    r = run(str(bundle), "--source", str(video), "--top-k", "3", "--jsonl", str(out))
+    r = run(str(bundle), "--source", str(video), "--top-k", "3", "--jsonl", str(out), "--mode", mode)
     assert r.exit_code == 0, r.output
     records = read_jsonl(out)
     assert [rec["frame"] for rec in records] == list(range(N_FRAMES))

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 import edge_resnet.runtime as rt
 from edge_resnet.data import ChannelOrder, load_digits_split
-from edge_resnet.errors import BundleError, DataError
+from edge_resnet.errors import BackendError, BundleError, DataError
 from edge_resnet.runtime.model import l2_normalize, softmax, top_k
 from edge_resnet.runtime.sources import SourceKind, open_source
 
@@ -261,16 +261,67 @@ def test_classify_on_an_embedding_bundle_and_embed_on_a_classifier_are_errors(em
 # --------------------------------------------------------------------------------------------------- streams
 
 
+# stream options -> what they exercise
+STREAM_OPTIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},  # throughput: the second runner, workers = its parallel inferences + 1, batches of <= 4
+    "throughput, no batching": {"batch": 1},
+    "throughput, 3 workers x 2, buffer 1": {"workers": 3, "batch": 2, "buffer": 1},
+    "latency": {"mode": "latency"},  # the model's runner, the decoder preprocesses, 1 worker
+    "latency, 2 workers": {"mode": rt.StreamMode.LATENCY, "workers": 2},
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("batch", [1, 4])
-def test_stream_gives_the_classify_results_in_frame_order(model: Any, batch: int) -> None:
+@pytest.mark.parametrize("options", list(STREAM_OPTIONS))
+def test_stream_gives_the_classify_results_in_frame_order(model: Any, options: str) -> None:
+    """Exactly classify's results (scores compared as floats, not approximately): INT8 outputs are
+    bit-identical across the latency/throughput configurations and batch sizes."""
     frames, _ = digit_frames(50)
     expected = model.classify(frames, top_k=2)
-    with model.stream(frames, top_k=2, batch=batch, keep_frames=True) as results:
+    with model.stream(frames, top_k=2, keep_frames=True, **STREAM_OPTIONS[options]) as results:
         got = list(results)
     assert [r.index for r in got] == list(range(50))
     assert [r.classification for r in got] == expected
     assert all(r.frame is f for r, f in zip(got, frames, strict=True)) and all(r.latency > 0 for r in got)
+
+
+@pytest.mark.slow
+def test_throughput_streams_run_the_backends_throughput_configuration(request: pytest.FixtureRequest,
+                                                                       model: Any) -> None:
+    from edge_resnet.runtime.plans import PLANS
+
+    runner, plan = model.throughput_runner()
+    assert plan is PLANS[model.backend] and runner is not model.runner
+    assert model.throughput_runner()[0] is runner  # loaded once, kept for later streams
+    info = runner.describe()
+    if model.backend.value == "openvino":
+        assert model.runner.describe()["performance_hint"] == "LATENCY"
+        assert info["performance_hint"] == "THROUGHPUT" and runner.optimal_requests() >= 1
+    else:
+        assert model.runner.describe()["intra_op_num_threads"] is None and info["intra_op_num_threads"] == 1
+    frames, _ = digit_frames(4)
+    with model.stream(frames) as s:
+        assert (s.workers, s.batch) == (plan.workers(runner) + 1, 4)
+        assert s.max_in_flight == 2 * s.workers * s.batch
+    with model.stream(frames, mode="latency") as s:
+        assert (s.workers, s.batch, s.max_in_flight) == (1, 1, 2)
+
+    # a model loaded in the throughput configuration already streams on its own runner
+    options = {"hint": "throughput"} if model.backend.value == "openvino" else {"threads": 1}
+    with rt.load(model.bundle.path, **options) as loaded:
+        assert loaded.throughput_runner()[0] is loaded.runner
+    other = rt.load(model.bundle.path)
+    second, _ = other.throughput_runner()
+    other.close()  # closes both runners
+    assert other._throughput is None
+    if model.backend.value == "onnxruntime":
+        assert second.session is None
+
+
+def test_unknown_stream_mode_is_a_clear_error(model: Any) -> None:
+    with pytest.raises(DataError, match="unknown stream mode 'fast'") as exc:
+        model.stream([digit_frames(1)[0][0]], mode="fast")
+    assert "throughput" in exc.value.fix and "latency" in exc.value.fix
 
 
 @pytest.mark.slow
@@ -312,14 +363,37 @@ def test_stream_over_a_video_file_and_an_image_folder(model: Any, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_stream_errors_arrive_after_the_frames_before_them(model: Any) -> None:
+@pytest.mark.parametrize("options", list(STREAM_OPTIONS))
+def test_stream_errors_arrive_after_the_frames_before_them(model: Any, options: str) -> None:
     frames, _ = digit_frames(5)
     frames[3] = frames[3].astype(np.float32)
     got = []
-    with pytest.raises(DataError, match="frame 3 .* dtype float32"), model.stream(frames) as results:
+    with pytest.raises(DataError, match="frame 3 .* dtype float32"), \
+            model.stream(frames, **STREAM_OPTIONS[options]) as results:
         for r in results:
             got.append(r.index)
     assert got == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", ["latency", "latency, 2 workers"])
+def test_an_inference_failure_arrives_in_frame_order(model: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     options: str) -> None:
+    frames, _ = digit_frames(6)
+    real = model.run_batch
+    bad = model.preprocess(frames[4])
+
+    def failing(batch: np.ndarray) -> np.ndarray:
+        if np.array_equal(batch, bad):
+            raise BackendError("inference failed on purpose")
+        return real(batch)
+
+    monkeypatch.setattr(model, "run_batch", failing)
+    got = []
+    with pytest.raises(BackendError, match="on purpose"), model.stream(frames, **STREAM_OPTIONS[options]) as s:
+        for r in s:
+            got.append(r.index)
+    assert got == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
@@ -329,8 +403,9 @@ def test_stream_max_frames(model: Any) -> None:
 
 
 @pytest.mark.slow
-def test_a_slow_consumer_stalls_decoding(model: Any) -> None:
-    """Back-pressure: the source is read only a bounded number of frames ahead of the consumer."""
+@pytest.mark.parametrize("options", ["defaults", "latency"])
+def test_a_slow_consumer_stalls_decoding(model: Any, options: str) -> None:
+    """Back-pressure: the source is read only ``max_in_flight`` frames ahead of the consumer."""
     produced = 0
     frames, _ = digit_frames(8)
 
@@ -341,14 +416,14 @@ def test_a_slow_consumer_stalls_decoding(model: Any) -> None:
             yield frames[produced % 8]
 
     ahead = []
-    with model.stream(source(), buffer=2) as results:
+    with model.stream(source(), **STREAM_OPTIONS[options]) as results:
         for consumed, _ in enumerate(results, start=1):
             time.sleep(0.01)
             ahead.append(produced - consumed)
             if consumed == 60:
                 break
-    # queues of 2 + the requests in flight + the frame in each thread's hands
-    assert max(ahead) <= 10, ahead
+    assert max(ahead) <= results.max_in_flight, (ahead, results.max_in_flight)
+    assert max(ahead) >= results.max_in_flight - 1  # the decoder did run ahead, up to the bound
 
 
 # -------------------------------------------------------------------------------------------- shutdown
@@ -391,7 +466,7 @@ def _stop_by_dropping_it(s: Any) -> list:
 
 def _stop_by_keyboard_interrupt(s: Any) -> None:
     """Ctrl-C while the consumer waits for a result (the common case), without a with block."""
-    real = s._engine.next
+    real = s._next_payload
     calls = 0
 
     def interrupted():
@@ -401,7 +476,7 @@ def _stop_by_keyboard_interrupt(s: Any) -> None:
             raise KeyboardInterrupt
         return real()
 
-    s._engine.next = interrupted
+    s._next_payload = interrupted
     with pytest.raises(KeyboardInterrupt):
         for _ in s:
             pass

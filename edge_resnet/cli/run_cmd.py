@@ -211,8 +211,11 @@ def _progress(meter: Meter, result: Any) -> str:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
 @click.option("--order", type=click.Choice(["bgr", "rgb"]), default=None,
               help="Channel order of the source's frames [default: bgr for OpenCV sources, rgb for image files].")
+@click.option("--mode", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True,
+              help="throughput: one inference per core, waiting frames batched (most frames/s, for files and "
+                   "busy streams); latency: one frame at a time on all cores (quickest result per frame).")
 def run(bundle: str, source: str, top_k: int, jsonl: str | None, save: str | None, max_frames: int | None,
-        order: str | None) -> None:
+        order: str | None, mode: str) -> None:
     """Classify every frame of a video, camera, stream or image folder with BUNDLE."""
     from edge_resnet.runtime import ModelKind, load
 
@@ -222,7 +225,7 @@ def run(bundle: str, source: str, top_k: int, jsonl: str | None, save: str | Non
     meter, ticker = Meter(), Ticker(PRINT_EVERY_SECONDS)
     try:
         model.require(ModelKind.CLASSIFIER)
-        with model.stream(source, top_k=top_k, order=order, max_frames=max_frames,
+        with model.stream(source, top_k=top_k, order=order, mode=mode, max_frames=max_frames,
                           keep_frames=save is not None) as results, \
                 JsonlSink(jsonl) as lines, VideoSink(save, results.source.fps) as video:
             src = results.source

@@ -237,17 +237,24 @@ class PreprocessSpec:
         crop = self._crop(image)
         return crop[..., ::-1] if order is ChannelOrder.BGR else crop
 
-    def apply(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
+    def apply(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB,
+              out: np.ndarray | None = None) -> np.ndarray:
         """One uint8 image (HxWx3 in ``order``, HxW grayscale, or HxWx4 with alpha) -> CHW float32.
 
         ``order`` is the channel order of the given image (OpenCV frames are BGR); the output is in
-        the model's channel order (``self.channel_order``).
+        the model's channel order (``self.channel_order``). ``out``: a C-contiguous (3, S, S) float32
+        array to write into (e.g. one row of a batch), instead of a new one.
         """
         image, order = three_channels(image, order)
         crop = self._crop(image)
         swap = order is not self.channel_order  # output channel c reads crop channel 2 - c
         lut = self._lut
-        out = np.empty((3, self.input_size, self.input_size), dtype=np.float32)
+        shape = (3, self.input_size, self.input_size)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise DataError(f"apply(out=...) needs a C-contiguous float32 array of shape {shape}, got "
+                            f"{out.dtype} {out.shape}")
         for c in range(3):
             np.take(lut[c], crop[..., 2 - c if swap else c], out=out[c])
         return out
@@ -267,7 +274,7 @@ class PreprocessSpec:
         s = self.input_size
         out = np.empty((n, 3, s, s), dtype=np.float32)
         for i, image in enumerate(images):
-            out[i] = self.apply(image, order)
+            self.apply(image, order, out=out[i])
         return out
 
     # -- for runtimes that normalize themselves (DeepStream, ...) ------------------------------

@@ -10,6 +10,7 @@
 """
 
 from edge_resnet.runtime.model import Classification, Model, ModelKind, load
+from edge_resnet.runtime.plans import StreamMode
 from edge_resnet.runtime.sources import FrameSource, SourceKind, open_source
 from edge_resnet.runtime.stream import FrameResult, Stream
 
@@ -21,6 +22,7 @@ __all__ = [
     "ModelKind",
     "SourceKind",
     "Stream",
+    "StreamMode",
     "load",
     "open_source",
 ]

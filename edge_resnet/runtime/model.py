@@ -30,6 +30,7 @@ from PIL import Image
 from edge_resnet.bundle import Bundle, load_bundle
 from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
 from edge_resnet.errors import BundleError, DataError
+from edge_resnet.runtime.plans import PLANS, StreamMode, ThroughputPlan
 from edge_resnet.runtime.sources import parse_order
 from edge_resnet.types import BackendName
 
@@ -175,9 +176,13 @@ def _as_frame_list(frames: Frames) -> list[Any]:
 class Model:
     """A bundle's artifact with its preprocessing and postprocessing. Make one with :func:`load`."""
 
-    def __init__(self, bundle: Bundle, runner: Runner, order: ChannelOrder | str = ChannelOrder.BGR) -> None:
+    def __init__(self, bundle: Bundle, runner: Runner, order: ChannelOrder | str = ChannelOrder.BGR,
+                 runner_options: dict[str, Any] | None = None) -> None:
         self.bundle = bundle
         self.runner = runner
+        self.runner_options = dict(runner_options or {})  # what load() passed to the backend
+        self._throughput: Runner | None = None  # loaded by the first throughput stream
+        self._throughput_lock = threading.Lock()
         self.order = parse_order(order)
         self.spec: PreprocessSpec = bundle.spec  # frozen: threads share it
         self.backend = BackendName(bundle.manifest["artifact"]["backend"])
@@ -204,16 +209,18 @@ class Model:
             return self._check_preprocessed(frames)
         items = _as_frame_list(frames)
         order = self.order if order is None else parse_order(order)
+        if len(items) == 1:  # no batch array to copy into (allocating it before PIL's buffers also made
+            return self.prepare(items[0], order)[None]  # glibc return them to the OS: +1 ms of page faults at 224)
         out = np.empty((len(items), *self.input_shape), dtype=np.float32)
         for i, frame in enumerate(items):
-            out[i] = self.prepare(frame, order, f"frame {i} of {len(items)}" if len(items) > 1 else "frame")
+            self.prepare(frame, order, f"frame {i} of {len(items)}", out=out[i])
         return out
 
-    def prepare(self, frame: Any, order: ChannelOrder, where: str = "frame") -> np.ndarray:
-        """One frame -> CHW float32 (PIL images are RGB whatever ``order`` says)."""
+    def prepare(self, frame: Any, order: ChannelOrder, where: str = "frame", out: np.ndarray | None = None) -> np.ndarray:
+        """One frame -> CHW float32 (PIL images are RGB whatever ``order`` says), into ``out`` if given."""
         if isinstance(frame, Image.Image):
             order = ChannelOrder.RGB
-        return self.spec.apply(check_frame(frame, where), order)
+        return self.spec.apply(check_frame(frame, where), order, out=out)
 
     def _check_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[1:] != self.input_shape or batch.shape[0] == 0:
@@ -273,21 +280,47 @@ class Model:
     # ---- streams
 
     def stream(self, source: Any, top_k: int = 1, order: ChannelOrder | str | None = None, *,
-               max_frames: int | None = None, keep_frames: bool = False, buffer: int = 4, batch: int = 1) -> Stream:
+               mode: StreamMode | str = StreamMode.THROUGHPUT, max_frames: int | None = None,
+               keep_frames: bool = False, buffer: int | None = None, batch: int | None = None,
+               workers: int | None = None) -> Stream:
         """Results for every frame of ``source`` in frame order, pipelined (see edge_resnet.runtime.stream).
 
-        For throughput on a CPU, an OpenVINO bundle loaded with ``load(path, hint="throughput")`` runs
-        requests side by side (one thread each) and ``batch=4`` batches waiting frames.
+        ``mode="throughput"`` (default): one inference per core on the backend's throughput
+        configuration (loaded once, on the first such stream; see edge_resnet.runtime.plans), frames
+        batched up to ``batch`` when they are already waiting. ``mode="latency"``: this model's runner,
+        one frame at a time, for the shortest time from frame to result on an idle machine.
         """
         from edge_resnet.runtime.stream import Stream
 
-        return Stream(self, source, top_k=top_k, order=order, max_frames=max_frames, keep_frames=keep_frames,
-                      buffer=buffer, batch=batch)
+        return Stream(self, source, top_k=top_k, order=order, mode=mode, max_frames=max_frames,
+                      keep_frames=keep_frames, buffer=buffer, batch=batch, workers=workers)
+
+    def throughput_runner(self) -> tuple[Runner, ThroughputPlan] | None:
+        """The runner and plan of throughput streams; None when the backend has no throughput plan.
+
+        The model's own runner when it was loaded that way already, else the bundle loaded a second
+        time with the plan's options (kept for later streams, closed with the model).
+        """
+        plan = PLANS.get(self.backend)
+        if plan is None:
+            return None
+        if plan.is_loaded_so(self.runner):
+            return self.runner, plan
+        with self._throughput_lock:
+            if self._throughput is None:
+                options = {**self.runner_options, **plan.load_options}
+                log.info("loading %s for throughput streams (%s)", self.bundle.path,
+                         ", ".join(f"{k}={v}" for k, v in plan.load_options.items()))
+                self._throughput = self.bundle.load_runner(**options)
+            return self._throughput, plan
 
     # ---- lifetime
 
     def close(self) -> None:
         self.runner.close()
+        if self._throughput is not None:
+            self._throughput.close()
+            self._throughput = None
 
     def __enter__(self) -> Model:
         return self
@@ -324,4 +357,4 @@ def load(path: str | Path, *, order: ChannelOrder | str = ChannelOrder.BGR, veri
     """
     bundle = load_bundle(path, verify=verify)
     runner = bundle.load_runner(**runner_options)
-    return Model(bundle, runner, order)
+    return Model(bundle, runner, order, runner_options)

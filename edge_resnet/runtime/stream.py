@@ -4,16 +4,26 @@
         for r in results:
             show(r.index, r.classification.label, r.latency)
 
-One thread decodes and preprocesses frames. Inference then runs on OpenVINO's asynchronous
-requests (a few in flight, started and collected in the consumer's thread) for OpenVINO bundles,
-and on one inference thread for the other backends. Postprocessing runs in the consumer's thread.
-Results come in frame order.
+One thread decodes frames. ``workers`` threads each take the frames waiting for them (up to
+``batch``), preprocess them and run one inference on them; with one worker the decoding thread
+preprocesses too. The consumer's thread puts results back in frame order and postprocesses them.
+Throughput streams run one worker more than the parallel inferences of the backend's throughput
+configuration (edge_resnet.runtime.plans): on 2 cores, two single-threaded inferences at a time
+while the third worker resizes its next batch and the decoder decodes (PIL, OpenCV and the backends
+release the GIL). Measured on 2 cores (benchmarks/README.md): 3 workers 1.56x the sequential loop's
+frames/s, 2 workers 1.46x, for OpenVINO ResNet-50 INT8 at 128x128.
 
-Every queue is bounded, so a slow consumer stalls decoding instead of growing memory: at most
-about ``2 * buffer + requests * batch + 2`` frames are alive at once. The threads share a small state
-object, never the :class:`Stream`, so ``close()``, leaving a ``with`` block, closing a generator
-that iterates the stream, an exception or Ctrl-C in the consumer, and dropping the last reference
-all stop them and release the source (a thread blocked inside a source's read, e.g. a dead network
+OpenVINO inference runs as synchronous requests on the worker threads, one InferRequest each: the
+parallelism of an AsyncInferQueue without its Python callback. With a callback, OpenVINO 2026.4 now
+and then aborted ("terminate called without an active exception") or hung the interpreter at exit
+(an executor thread waiting for the GIL while the CompiledModel is destroyed).
+
+Memory is bounded: the decoding thread takes a ticket for every frame and the consumer gives it
+back when it has the frame's result, so at most ``max_in_flight = buffer + workers * batch`` frames
+are alive at once and a slow consumer stalls decoding. The threads share a small state object,
+never the :class:`Stream`, so ``close()``, leaving a ``with`` block, closing a generator that
+iterates the stream, an exception or Ctrl-C in the consumer, and dropping the last reference all
+stop them and release the source (a thread blocked inside a source's read, e.g. a dead network
 stream, exits when that read returns; it is a daemon thread).
 """
 
@@ -24,7 +34,6 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +43,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_resnet.data.preprocess import ChannelOrder
-from edge_resnet.errors import BackendError, DataError
+from edge_resnet.errors import DataError
 from edge_resnet.runtime.model import Classification, ModelKind, check_top_k
+from edge_resnet.runtime.plans import StreamMode
 from edge_resnet.runtime.sources import FrameSource, open_source
-from edge_resnet.types import BackendName
 
 if TYPE_CHECKING:
     from edge_resnet.runtime.model import Model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameResult", "Stream"]
+__all__ = ["FrameResult", "Stream", "StreamMode"]
 
 POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
 JOIN_SECONDS = 5.0  # how long close() waits for the threads
@@ -73,9 +82,9 @@ class FrameResult:
 @dataclass
 class _Item:
     index: int
-    tensor: np.ndarray  # CHW float32
-    t0: float
-    frame: np.ndarray | None
+    t0: float  # when the frame left the source
+    frame: np.ndarray | None  # until it is preprocessed, or for the result with keep_frames
+    tensor: np.ndarray | None = None  # CHW float32
     output: np.ndarray | None = None
 
 
@@ -89,18 +98,19 @@ class _End:
 
 
 _END = _End()
-_Message = _Item | _Failure | _End
+_Payload = _Item | _Failure | _End
 
 
 class _Pipe:
-    """What the stream's threads share: the stop flag, the queues, the threads."""
+    """What the stream's threads share: the stop flag, the queues, the tickets, the threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, tickets: int) -> None:
         self.stop = threading.Event()
+        self.tickets = threading.Semaphore(tickets)
         self.queues: list[queue.Queue[Any]] = []
         self.threads: list[threading.Thread] = []
 
-    def queue(self, size: int) -> queue.Queue[Any]:
+    def queue(self, size: int = 0) -> queue.Queue[Any]:
         q: queue.Queue[Any] = queue.Queue(maxsize=size)
         self.queues.append(q)
         return q
@@ -125,13 +135,20 @@ class _Pipe:
                     return None
         return _END
 
+    def take_ticket(self) -> bool:
+        """Wait for room for one more frame in the pipeline; False when the stream stops."""
+        while not self.stop.is_set():
+            if self.tickets.acquire(timeout=POLL_SECONDS):
+                return True
+        return False
+
     def spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         self.threads.append(thread)
         thread.start()
 
     def join(self, timeout: float) -> None:
-        for q in self.queues:  # unblock nothing in particular (puts poll the flag), but free the frames now
+        for q in self.queues:  # puts and gets poll the stop flag; this frees the frames now
             while True:
                 try:
                     q.get_nowait()
@@ -147,194 +164,114 @@ class _Pipe:
                         "the source returns", timeout, ", ".join(stuck))
 
 
-def _read_frames(pipe: _Pipe, source: FrameSource, prepare: Callable[..., np.ndarray], out: queue.Queue[Any],
-                 max_frames: int | None, keep_frames: bool) -> None:
-    """Decode and preprocess; the reader owns the source and closes it when it stops."""
-    frames: Iterator[Any] | None = None
+@dataclass(frozen=True)
+class _Work:
+    """What the threads need to turn frames into outputs."""
+
+    source: FrameSource
+    prepare: Callable[..., np.ndarray]  # (frame, order, where) -> CHW float32
+    infer: Callable[[np.ndarray], np.ndarray]  # NCHW float32 -> outputs
+    workers: int
+    batch: int
+    keep_frames: bool
+    max_frames: int | None
+
+    def prepare_item(self, item: _Item) -> None:
+        assert item.frame is not None
+        item.tensor = self.prepare(item.frame, self.source.order, f"frame {item.index} ({self.source.name})")
+        if not self.keep_frames:
+            item.frame = None
+
+
+# ------------------------------------------------------------------------------------------- threads
+
+
+def _read_frames(pipe: _Pipe, work: _Work, frames: queue.Queue[Any], out: queue.Queue[Any]) -> None:
+    """Decode (and, with a single worker, preprocess); the reader owns the source and closes it.
+
+    The end of the source, or its failure, goes straight to the consumer under the index of the
+    frame that was not read, so it arrives after the results of all frames before it.
+    """
+    source, index, it = work.source, 0, None
     try:
-        frames = iter(source)
-        index = 0
-        while (max_frames is None or index < max_frames) and not pipe.stop.is_set():
-            frame = next(frames, _END)
+        it = iter(source)
+        while work.max_frames is None or index < work.max_frames:
+            if not pipe.take_ticket():
+                return
+            frame = next(it, _END)
             if frame is _END:
                 break
-            t0 = time.perf_counter()
-            item = _Item(index, prepare(frame, source.order, f"frame {index} ({source.name})"), t0,
-                         frame if keep_frames else None)
-            if not pipe.put(out, item):
+            item = _Item(index, time.perf_counter(), frame)
+            if work.workers == 1:
+                try:
+                    work.prepare_item(item)
+                except Exception as exc:  # a bad frame: its error arrives in its place
+                    pipe.put(out, (index, _Failure(exc)))
+                    return
+            if not pipe.put(frames, item):
                 return
             index += 1
-        pipe.put(out, _END)
-    except BaseException as exc:  # reaches the consumer after the frames before it
-        pipe.put(out, _Failure(exc))
+        pipe.put(out, (index, _END))
+    except BaseException as exc:
+        pipe.put(out, (index, _Failure(exc)))
     finally:
-        close = getattr(frames, "close", None)
+        for _ in range(work.workers):  # each worker stops at one _END
+            pipe.put(frames, _END)
+        close = getattr(it, "close", None)
         if callable(close):
             close()
         source.close()
 
 
-# ------------------------------------------------------------------------------------------- engines
+def _gather(pipe: _Pipe, frames: queue.Queue[Any], limit: int) -> tuple[list[_Item], bool]:
+    """The next frame and the frames already waiting behind it, up to ``limit``; and whether the end was met.
 
-
-def _gather(pipe: _Pipe, frames: queue.Queue[Any], first: Any, limit: int) -> tuple[list[_Item], _Failure | _End | None]:
-    """``first`` and the frames already waiting behind it, up to ``limit``; plus the end/failure met, if any.
-
-    Dynamic batching: frames are only batched when they are already queued (inference is the
+    Dynamic batching: frames are batched only when they are already queued (inference is the
     bottleneck), so an idle pipeline still runs every frame at once, alone.
     """
+    first = pipe.get(frames)
     if not isinstance(first, _Item):
-        return [], first
+        return [], True
     group = [first]
     while len(group) < limit:
         got = pipe.get(frames, block=False)
         if got is None:
             break
         if not isinstance(got, _Item):
-            return group, got
+            return group, True
         group.append(got)
-    return group, None
+    return group, False
 
 
-def _stack(group: list[_Item]) -> np.ndarray:
-    return group[0].tensor[None] if len(group) == 1 else np.stack([item.tensor for item in group])
-
-
-@dataclass
-class EngineOptions:
-    buffer: int  # frames per queue
-    batch: int  # most frames per inference call
-
-
-class _ThreadEngine:
-    """Inference on one thread (backends without an async API): preprocessed -> outputs, in order."""
-
-    def __init__(self, pipe: _Pipe, model: Model, frames: queue.Queue[Any], options: EngineOptions) -> None:
-        self._pipe = pipe
-        self._out = pipe.queue(options.buffer)
-        pipe.spawn("edge-resnet-infer", _infer_loop, pipe, model.run_batch, frames, self._out, options.batch)
-
-    def next(self) -> _Message:
-        return self._pipe.get(self._out)
-
-    def close(self) -> None:
-        pass
-
-
-def _infer_loop(pipe: _Pipe, run_batch: Callable[[np.ndarray], np.ndarray], frames: queue.Queue[Any],
-                out: queue.Queue[Any], batch: int) -> None:
+def _infer_frames(pipe: _Pipe, work: _Work, frames: queue.Queue[Any], out: queue.Queue[Any]) -> None:
+    """A worker: batches of waiting frames -> preprocessed -> one inference -> results, until the end."""
     while True:
-        group, tail = _gather(pipe, frames, pipe.get(frames), batch)
-        if group:
-            try:
-                outputs = run_batch(_stack(group))
-            except BaseException as exc:
-                pipe.put(out, _Failure(exc))
-                return
-            for item, output in zip(group, outputs, strict=True):
-                item.output = output
-                if not pipe.put(out, item):
-                    return
-        if tail is not None:
-            pipe.put(out, tail)
+        group, ended = _gather(pipe, frames, work.batch)
+        failure: tuple[int, _Failure] | None = None
+        try:
+            for i, item in enumerate(group):
+                if item.tensor is None:
+                    try:
+                        work.prepare_item(item)
+                    except Exception as exc:  # a bad frame: the frames before it still get results
+                        failure, group = (item.index, _Failure(exc)), group[:i]
+                        break
+            if group:
+                batch = group[0].tensor[None] if len(group) == 1 else np.stack([item.tensor for item in group])
+                for item, output in zip(group, work.infer(batch), strict=True):
+                    item.output, item.tensor = output, None
+                    pipe.put(out, (item.index, item))
+        except BaseException as exc:
+            failure = (group[0].index, _Failure(exc))
+        if failure is not None:
+            pipe.put(out, failure)
+            return
+        if ended or pipe.stop.is_set():
             return
 
 
-class _AsyncInferEngine:
-    """OpenVINO: up to ``jobs`` asynchronous InferRequests in flight, collected oldest first.
-
-    Requests are started (``start_async``) and collected (``wait_for``) in the consumer's thread;
-    OpenVINO runs them on its own threads, so inference overlaps decoding (the reader thread) and
-    the consumer's work. No Python callback is involved: with an AsyncInferQueue and a Python
-    callback, OpenVINO 2026.4 now and then aborted ("terminate called without an active exception")
-    or hung the interpreter at exit (an executor thread waiting for the GIL while the CompiledModel
-    is destroyed; also seen without edge_resnet), so the engine keeps its own ring of requests.
-    """
-
-    def __init__(self, pipe: _Pipe, model: Model, frames: queue.Queue[Any], options: EngineOptions) -> None:
-        runner = model.runner
-        self._pipe, self._frames = pipe, frames
-        self.jobs = max(2, int(runner.optimal_requests()))  # at least one running and one queued behind it
-        self.batch = min(options.batch, runner.max_batch or options.batch)
-        self._idle: deque[Any] = deque(runner.compiled.create_infer_request() for _ in range(self.jobs))
-        self._pending: deque[tuple[list[_Item], Any]] = deque()
-        self._ready: deque[_Item] = deque()
-        self._ended: _Failure | _End | None = None
-
-    @classmethod
-    def create(cls, pipe: _Pipe, model: Model, frames: queue.Queue[Any], options: EngineOptions) -> _Engine:
-        runner = model.runner
-        if not hasattr(runner, "compiled") or getattr(runner, "min_batch", 1) != 1:
-            # not an OpenVINORunner (a wrapper, a fake), or a static-batch IR (NPU) that runner.infer pads
-            return _ThreadEngine(pipe, model, frames, options)
-        return cls(pipe, model, frames, options)
-
-    def _fill(self, block: bool) -> None:
-        while self._idle and self._ended is None:
-            first = self._pipe.get(self._frames, block=block and not self._pending)
-            if first is None:  # nothing decoded yet: collect what is in flight meanwhile
-                return
-            group, self._ended = _gather(self._pipe, self._frames, first, self.batch)
-            if not group:
-                return
-            request = self._idle.popleft()
-            try:
-                request.start_async({0: _stack(group)})  # copies the input into the request's tensor
-            except RuntimeError as exc:
-                raise BackendError(f"OpenVINO could not start inference of frame {group[0].index}: {exc}") from exc
-            self._pending.append((group, request))
-
-    def _collect(self) -> _Failure | _End | None:
-        group, request = self._pending[0]
-        while True:
-            try:
-                if request.wait_for(int(POLL_SECONDS * 1000)):
-                    break
-            except RuntimeError as exc:
-                return _Failure(BackendError(
-                    f"OpenVINO inference of frames {group[0].index}..{group[-1].index} failed: {exc}"))
-            if self._pipe.stop.is_set():
-                return _END
-        self._pending.popleft()
-        outputs = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-        self._idle.append(request)
-        for item, output in zip(group, outputs, strict=True):
-            item.output = output
-            self._ready.append(item)
-        return None
-
-    def next(self) -> _Message:
-        self._fill(block=not self._ready)
-        if not self._ready and self._pending:
-            stopped = self._collect()
-            if stopped is not None:
-                return stopped
-        if self._ready:
-            return self._ready.popleft()
-        return self._ended or _END
-
-    def close(self) -> None:
-        for _, request in self._pending:  # let in-flight requests finish before they are dropped
-            try:
-                request.wait()
-            except RuntimeError as exc:
-                log.debug("OpenVINO request at close: %s", exc)
-        self._pending.clear()
-        self._ready.clear()
-        self._idle.clear()
-
-
-_Engine = _ThreadEngine | _AsyncInferEngine
-# backend -> how its stream runs inference; the rest use _ThreadEngine
-_ENGINES: dict[BackendName, Callable[[_Pipe, Any, queue.Queue[Any], EngineOptions], _Engine]] = {
-    BackendName.OPENVINO: _AsyncInferEngine.create,
-}
-
-
-def _shutdown(pipe: _Pipe, engine: _Engine | None) -> None:
+def _shutdown(pipe: _Pipe) -> None:
     pipe.stop.set()
-    if engine is not None:
-        engine.close()
     pipe.join(JOIN_SECONDS)
 
 
@@ -347,45 +284,68 @@ def _positive(name: str, value: Any) -> int:
     return int(value)
 
 
+def _mode(value: StreamMode | str) -> StreamMode:
+    try:
+        return StreamMode(getattr(value, "value", value))
+    except ValueError:
+        raise DataError(f"unknown stream mode {value!r}", f"use one of {[m.value for m in StreamMode]}") from None
+
+
 class Stream(Iterator[FrameResult]):
     """An iterator of :class:`FrameResult` over a frame source; make one with ``Model.stream``.
 
-    ``buffer``: frames each queue holds. ``batch``: the most frames one inference call takes; above 1,
-    frames are batched only when they are already waiting (inference is the bottleneck). On a shared
-    2-core CPU, batch=4 gave ResNet-50 INT8 about 1.1-1.3x the frames/s of batch=1 (OpenVINO and ONNX
-    Runtime, benchmarks/runtime_overhead.py). The default stays 1: every result is then exactly what
-    ``classify`` gives, also on backends whose numerics depend on the batch size (TensorRT).
-    ``max_frames``: stop after that many. ``keep_frames``: attach each decoded frame to its result
-    (for drawing on it).
+    ``mode``: ``throughput`` (default) or ``latency`` (see ``Model.stream``). ``workers``: threads that
+    preprocess and infer (default: in throughput mode, one more than the inferences the backend's
+    plan runs at once, so that one worker preprocesses while the others infer; 1 in latency mode). ``batch``: the
+    most frames one inference takes; frames are batched only when they are already waiting (default:
+    the plan's, 4, in throughput mode; 1 otherwise). ``buffer``: decoded frames waiting for a
+    worker (default: ``workers * batch``). ``max_frames``: stop after that many. ``keep_frames``: attach each decoded frame to its
+    result (for drawing on it). ``max_in_flight``: the most frames alive in the pipeline at once.
     """
 
     def __init__(self, model: Model, source: Any, *, top_k: int = 1, order: ChannelOrder | str | None = None,
-                 max_frames: int | None = None, keep_frames: bool = False, buffer: int = 4,
-                 batch: int = 1) -> None:
+                 mode: StreamMode | str = StreamMode.THROUGHPUT, max_frames: int | None = None,
+                 keep_frames: bool = False, buffer: int | None = None, batch: int | None = None,
+                 workers: int | None = None) -> None:
         if model.kind is ModelKind.FEATURE_MAP:
             model.require(ModelKind.EMBEDDING)  # the clear error
         self.model = model
         self.top_k = check_top_k(top_k)
-        self.max_frames = None if max_frames is None else _positive("max_frames", max_frames)
-        options = EngineOptions(_positive("buffer", buffer), _positive("batch", batch))
+        self.mode = _mode(mode)
+        max_frames = None if max_frames is None else _positive("max_frames", max_frames)
+        plan = model.throughput_runner() if self.mode is StreamMode.THROUGHPUT else None
+        if plan is not None:
+            runner, how = plan
+            infer: Callable[[np.ndarray], np.ndarray] = runner.infer  # thread-safe runners
+            # one worker more than the inferences the backend runs at once: one preprocesses meanwhile
+            self.workers = _positive("workers", workers) if workers is not None else how.workers(runner) + 1
+            self.batch = _positive("batch", batch) if batch is not None else how.batch
+        else:
+            infer = model.run_batch  # takes the model's lock on backends that need one
+            self.workers = _positive("workers", workers) if workers is not None else 1
+            self.batch = _positive("batch", batch) if batch is not None else 1
+        # decoded frames kept ready: a batch for every worker, so none waits for the decoder
+        buffer = _positive("buffer", buffer) if buffer is not None else self.workers * self.batch
+        self.max_in_flight = buffer + self.workers * self.batch
         named = isinstance(source, (str, Path, int, FrameSource))
         self.source = open_source(source, order if order is not None or named else model.order)
         self.count = 0  # results delivered
-        pipe = _Pipe()
-        engine: _Engine | None = None
+        pipe = _Pipe(self.max_in_flight)
+        work = _Work(self.source, model.prepare, infer, self.workers, self.batch, keep_frames, max_frames)
+        self._pipe, self._out = pipe, pipe.queue()  # unbounded: the tickets bound it
+        self._stash: dict[int, _Payload] = {}  # results that arrived before the one due
         try:
-            frames = pipe.queue(options.buffer)
-            engine = _ENGINES.get(model.backend, _ThreadEngine)(pipe, model, frames, options)
-            pipe.spawn("edge-resnet-decode", _read_frames, pipe, self.source, model.prepare, frames,
-                       self.max_frames, keep_frames)
+            frames = pipe.queue(buffer)
+            for i in range(self.workers):
+                pipe.spawn(f"edge-resnet-infer-{i}", _infer_frames, pipe, work, frames, self._out)
+            pipe.spawn("edge-resnet-decode", _read_frames, pipe, work, frames, self._out)
         except BaseException:
-            _shutdown(pipe, engine)
+            _shutdown(pipe)
             self.source.close()
             raise
-        self._engine = engine
         self._classify = model.kind is ModelKind.CLASSIFIER
         # runs on close(), or when the stream is garbage-collected; never references self
-        self._finalizer = weakref.finalize(self, _shutdown, pipe, engine)
+        self._finalizer = weakref.finalize(self, _shutdown, pipe)
 
     @property
     def closed(self) -> bool:
@@ -394,14 +354,25 @@ class Stream(Iterator[FrameResult]):
     def __iter__(self) -> Stream:
         return self
 
+    def _next_payload(self) -> _Payload:
+        """The payload of frame ``self.count``, waiting for it; _END when the stream stops."""
+        while self.count not in self._stash:
+            got = self._pipe.get(self._out)
+            if got is _END:
+                return _END
+            index, payload = got
+            self._stash[index] = payload
+        return self._stash.pop(self.count)
+
     def __next__(self) -> FrameResult:
         if self.closed:
             raise StopIteration
         try:
-            got = self._engine.next()
+            got = self._next_payload()
             if isinstance(got, _Item):
                 result = self._result(got)
                 self.count += 1
+                self._pipe.tickets.release()
                 return result
         except BaseException:  # includes KeyboardInterrupt and GeneratorExit: stop the threads first
             self.close()
@@ -433,5 +404,5 @@ class Stream(Iterator[FrameResult]):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"Stream({self.source!r}, {self.count} results, {state})"
-
+        return (f"Stream({self.source!r}, {self.mode.value}, {self.workers} workers x batch {self.batch}, "
+                f"{self.count} results, {state})")
