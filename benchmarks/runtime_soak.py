@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtime_overhead import INPUT_SIZE, compile_bundle  # noqa: E402 - the sibling benchmark's bundle
+from runtime_overhead import compile_bundle  # noqa: E402 - the sibling benchmark's bundle
+
+INPUT_SIZE = 128
 
 FRAME_SHAPE = (480, 640, 3)
 
@@ -58,10 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     import edge_resnet.runtime as rt
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    bundle = args.bundle or compile_bundle(args.workdir / f"resnet50-{INPUT_SIZE}-cpu", "cpu")
+    bundle = args.bundle or compile_bundle(args.workdir / f"resnet50-{INPUT_SIZE}-cpu", "cpu", "resnet50", INPUT_SIZE)
     model = rt.load(bundle)
     frame_bytes = int(np.prod(FRAME_SHAPE)) + 4 * int(np.prod(model.input_shape))
-    print(f"soak: {bundle} ({model.backend.value}), {args.frames} frames {FRAME_SHAPE[1]}x{FRAME_SHAPE[0]}, "
+    print(f"soak: {bundle} ({model.backend.value}, stream defaults), {args.frames} frames {FRAME_SHAPE[1]}x{FRAME_SHAPE[0]}, "
           f"{frame_bytes / 1e6:.2f} MB per frame through the pipeline")
     print(f"{'frame':>7} {'heap MB':>9} {'RSS MB':>8} {'fps':>7}")
     tracemalloc.start()

@@ -10,8 +10,9 @@ preprocesses too. The consumer's thread puts results back in frame order and pos
 Throughput streams run one worker more than the parallel inferences of the backend's throughput
 configuration (edge_resnet.runtime.plans): on 2 cores, two single-threaded inferences at a time
 while the third worker resizes its next batch and the decoder decodes (PIL, OpenCV and the backends
-release the GIL). Measured on 2 cores (benchmarks/README.md): 3 workers 1.56x the sequential loop's
-frames/s, 2 workers 1.46x, for OpenVINO ResNet-50 INT8 at 128x128.
+release the GIL). On 2 cores (benchmarks/README.md), ResNet-50 INT8 at 128x128 from 640x480 MJPG:
+1.53x (OpenVINO) and 1.77x (ONNX Runtime) the frames/s of a sequential loop; in an A/B run, 3
+workers gave OpenVINO 1.56x where 2 gave 1.46x.
 
 OpenVINO inference runs as synchronous requests on the worker threads, one InferRequest each: the
 parallelism of an AsyncInferQueue without its Python callback. With a callback, OpenVINO 2026.4 now
