@@ -248,6 +248,9 @@ def _infer_frames(pipe: _Pipe, work: _Work, frames: queue.Queue[Any], out: queue
     """A worker: batches of waiting frames -> preprocessed -> one inference -> results, until the end."""
     while True:
         group, ended = _gather(pipe, frames, work.batch)
+        if not group:
+            return
+        first = group[0].index
         failure: tuple[int, _Failure] | None = None
         try:
             for i, item in enumerate(group):
@@ -263,7 +266,7 @@ def _infer_frames(pipe: _Pipe, work: _Work, frames: queue.Queue[Any], out: queue
                     item.output, item.tensor = output, None
                     pipe.put(out, (item.index, item))
         except BaseException as exc:
-            failure = (group[0].index, _Failure(exc))
+            failure = (first, _Failure(exc))
         if failure is not None:
             pipe.put(out, failure)
             return
@@ -295,13 +298,14 @@ def _mode(value: StreamMode | str) -> StreamMode:
 class Stream(Iterator[FrameResult]):
     """An iterator of :class:`FrameResult` over a frame source; make one with ``Model.stream``.
 
-    ``mode``: ``throughput`` (default) or ``latency`` (see ``Model.stream``). ``workers``: threads that
-    preprocess and infer (default: in throughput mode, one more than the inferences the backend's
-    plan runs at once, so that one worker preprocesses while the others infer; 1 in latency mode). ``batch``: the
-    most frames one inference takes; frames are batched only when they are already waiting (default:
-    the plan's, 4, in throughput mode; 1 otherwise). ``buffer``: decoded frames waiting for a
-    worker (default: ``workers * batch``). ``max_frames``: stop after that many. ``keep_frames``: attach each decoded frame to its
-    result (for drawing on it). ``max_in_flight``: the most frames alive in the pipeline at once.
+    ``mode``: ``throughput`` (default) or ``latency`` (see ``Model.stream``). ``workers``: threads
+    that preprocess and infer (default: in throughput mode, one more than the inferences the
+    backend's plan runs at once, so that one worker preprocesses while the others infer; 1 in
+    latency mode). ``batch``: the most frames one inference takes; frames are batched only when they
+    are already waiting (default: the plan's, 4, in throughput mode; 1 otherwise). ``buffer``:
+    decoded frames waiting for a worker (default: ``workers * batch``). ``max_frames``: stop after
+    that many. ``keep_frames``: attach each decoded frame to its result (for drawing on it).
+    ``max_in_flight``: the most frames alive in the pipeline at once.
     """
 
     def __init__(self, model: Model, source: Any, *, top_k: int = 1, order: ChannelOrder | str | None = None,
