@@ -316,6 +316,8 @@ def test_throughput_streams_run_the_backends_throughput_configuration(request: p
     assert other._throughput is None
     if model.backend.value == "onnxruntime":
         assert second.session is None
+    with pytest.raises(BundleError, match="is closed"):  # not loaded again behind the caller's back
+        other.stream(frames)
 
 
 def test_unknown_stream_mode_is_a_clear_error(model: Any) -> None:

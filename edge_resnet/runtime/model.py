@@ -183,6 +183,7 @@ class Model:
         self.runner_options = dict(runner_options or {})  # what load() passed to the backend
         self._throughput: Runner | None = None  # loaded by the first throughput stream
         self._throughput_lock = threading.Lock()
+        self._closed = False
         self.order = parse_order(order)
         self.spec: PreprocessSpec = bundle.spec  # frozen: threads share it
         self.backend = BackendName(bundle.manifest["artifact"]["backend"])
@@ -309,6 +310,8 @@ class Model:
         if plan.is_loaded_so(self.runner):
             return self.runner, plan
         with self._throughput_lock:
+            if self._closed:
+                raise BundleError(f"the model of {self.bundle.path} is closed", "load the bundle again")
             if self._throughput is None:
                 options = {**self.runner_options, **plan.load_options}
                 log.info("loading %s for throughput streams (%s)", self.bundle.path,
@@ -320,9 +323,11 @@ class Model:
 
     def close(self) -> None:
         self.runner.close()
-        if self._throughput is not None:
-            self._throughput.close()
-            self._throughput = None
+        with self._throughput_lock:
+            self._closed = True
+            if self._throughput is not None:
+                self._throughput.close()
+                self._throughput = None
 
     def __enter__(self) -> Model:
         return self
