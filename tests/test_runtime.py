@@ -301,7 +301,7 @@ def test_throughput_streams_run_the_backends_throughput_configuration(request: p
         assert model.runner.describe()["intra_op_num_threads"] is None and info["intra_op_num_threads"] == 1
     frames, _ = digit_frames(4)
     with model.stream(frames) as s:
-        assert (s.workers, s.batch) == (plan.workers(runner) + 1, 4)
+        assert (s.workers, s.batch) == (plan.parallel(runner) + 1, 4)
         assert s.max_in_flight == 2 * s.workers * s.batch
     with model.stream(frames, mode="latency") as s:
         assert (s.workers, s.batch, s.max_in_flight) == (1, 1, 2)

@@ -307,7 +307,7 @@ class Model:
         plan = PLANS.get(self.backend)
         if plan is None:
             return None
-        if plan.is_loaded_so(self.runner):
+        if plan.matches(self.runner):
             return self.runner, plan
         with self._throughput_lock:
             if self._closed:

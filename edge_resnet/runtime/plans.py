@@ -48,12 +48,12 @@ class ThroughputPlan:
     """A backend's throughput configuration: how to load it, how many inferences to run at once."""
 
     load_options: dict[str, Any]  # for Bundle.load_runner
-    workers: Callable[[Any], int]  # loaded runner -> inferences to keep running at once
-    is_loaded_so: Callable[[Any], bool]  # the model's own runner already has this configuration
+    parallel: Callable[[Any], int]  # loaded runner -> inferences it runs at once
+    matches: Callable[[Any], bool]  # a loaded runner already has this configuration
     batch: int = 4  # most frames per inference call (only frames already waiting are batched)
 
 
-def _openvino_workers(runner: Any) -> int:
+def _openvino_parallel(runner: Any) -> int:
     return max(1, int(runner.optimal_requests()))
 
 
@@ -64,12 +64,12 @@ def _openvino_is_throughput(runner: Any) -> bool:
 PLANS: dict[BackendName, ThroughputPlan] = {
     BackendName.OPENVINO: ThroughputPlan(
         load_options={"hint": "throughput"},
-        workers=_openvino_workers,
-        is_loaded_so=_openvino_is_throughput,
+        parallel=_openvino_parallel,
+        matches=_openvino_is_throughput,
     ),
     BackendName.ONNXRUNTIME: ThroughputPlan(
         load_options={"threads": 1},
-        workers=lambda runner: available_cores(),
-        is_loaded_so=lambda runner: getattr(runner, "threads", None) == 1,
+        parallel=lambda runner: available_cores(),
+        matches=lambda runner: getattr(runner, "threads", None) == 1,
     ),
 }
