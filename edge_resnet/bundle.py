@@ -142,7 +142,22 @@ class Bundle:
                 f"({art.info.get('reason', 'prepared for another device')})",
                 art.info.get("how_to_build", "build it on the target device"),
             )
+        self._warn_if_saturating(art)
         return get_backend(art.backend).load(self.path, art, **options)
+
+    def _warn_if_saturating(self, art) -> None:
+        """An INT8 CPU bundle with full-range weights, run on an x86 CPU without VNNI, loses accuracy
+        to int16 saturation (edge_resnet.host_cpu): say so, and how to rebuild it."""
+        from edge_resnet.host_cpu import host_saturates_int8
+        from edge_resnet.types import BackendName, Precision
+
+        cpu = art.backend is BackendName.ONNXRUNTIME or (
+            art.backend is BackendName.OPENVINO and str(self.manifest.get("target", {}).get("device", "")).upper() == "CPU")
+        weights = (self.manifest.get("quantization") or {}).get("weight_range", "full")
+        if art.precision is Precision.INT8 and cpu and weights == "full" and host_saturates_int8():
+            log.warning("%s has full-range int8 weights, and this CPU has no VNNI: its 8-bit products saturate, "
+                        "which costs accuracy; compile the bundle on this machine (weight_range \"auto\") or with "
+                        "weight_range = \"reduced\" in the target profile", self.path)
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:

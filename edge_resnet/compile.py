@@ -24,7 +24,7 @@ from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, activation_scale, required_tensors
-from edge_resnet.targets import TargetProfile, get_target
+from edge_resnet.targets import TargetProfile, get_target, resolve_weight_range
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
 
 if TYPE_CHECKING:
@@ -128,6 +128,11 @@ def _calibration_tensors(fg: FloatGraph, profile: TargetProfile, config: QuantCo
     return required_tensors(fg.model, config)
 
 
+def quant_config(profile: TargetProfile, exclude: tuple[str, ...] = ()) -> QuantConfig:
+    """The Q/DQ configuration of a build for ``profile`` on this host (its weight range resolved)."""
+    return QuantConfig(profile.activation_format, tuple(exclude), resolve_weight_range(profile))
+
+
 def reusable_tensors(fg: FloatGraph, profile: TargetProfile) -> list[str]:
     """Tensors whose statistics serve any later ``exclude`` list: without exclusions, and for both formats
     (keeping the conv of a TensorRT-fused residual add float gives the add's conv branch its own Q/DQ)."""
@@ -208,8 +213,7 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
         else:
             stats, calib_record = calibrate_for(fg, profile, spec, options, reusable=reusable_stats)
         if profile.quant_mode is QuantMode.EXPLICIT:
-            qgraph = quantize_graph(fg.model, stats, QuantConfig(profile.activation_format, options.exclude),
-                                    options.calibration)
+            qgraph = quantize_graph(fg.model, stats, quant_config(profile, options.exclude), options.calibration)
 
     with writer as w:
         assert w.dir is not None
@@ -221,7 +225,8 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
             qgraph.save_scales(w.dir / SCALES)
             graphs["int8"] = INT8_ONNX
             extra["quantization"] = {"format": profile.activation_format.value, "quantized": dict(qgraph.report.quantized),
-                                     "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude)}
+                                     "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude),
+                                     "weight_range": qgraph.config.weight_range.value}
         elif stats is not None:  # implicit TensorRT: scales for the calibration cache
             amax = stats.amax(options.calibration.method, **options.calibration.params())
             _write_scales(w.dir / SCALES, amax, options.calibration.method)

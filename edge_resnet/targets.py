@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_resnet.errors import TargetError
-from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
+from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode, WeightRange
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +59,8 @@ class TargetProfile:
     activation_format: ActivationFormat
     quant_mode: QuantMode = QuantMode.EXPLICIT
     fallback_precision: Precision = Precision.FP32  # for layers kept out of int8
+    # "auto" on x86 CPU targets: 7-bit weights when the compiling host's CPU has no VNNI (edge_resnet.host_cpu)
+    weight_range: WeightRange = WeightRange.FULL
     platform: str = "desktop"  # "desktop" | "jetson"
     performance_hint: str = "latency"  # OpenVINO: "latency" | "throughput"
     threads: int | None = None  # intra-op threads; None: the backend's default
@@ -69,7 +71,7 @@ class TargetProfile:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("backend", "activation_format", "quant_mode", "fallback_precision"):
+        for k in ("backend", "activation_format", "quant_mode", "fallback_precision", "weight_range"):
             d[k] = getattr(self, k).value
         d["aliases"] = list(self.aliases)
         return d
@@ -80,6 +82,7 @@ class TargetProfile:
             data = dict(data)
             batch = BatchRange(**data.pop("batch", {}))
             trt = data.pop("tensorrt", None)
+            default_range = _default_weight_range(data)
             return cls(
                 name=data.pop("name"),
                 description=data.pop("description", ""),
@@ -88,6 +91,7 @@ class TargetProfile:
                 activation_format=ActivationFormat(data.pop("activation_format")),
                 quant_mode=QuantMode(data.pop("quant_mode", "explicit")),
                 fallback_precision=Precision(data.pop("fallback_precision", "fp32")),
+                weight_range=WeightRange(data.pop("weight_range", None) or default_range),
                 platform=data.pop("platform", "desktop"),
                 performance_hint=data.pop("performance_hint", "latency"),
                 threads=data.pop("threads", None),
@@ -104,6 +108,29 @@ class TargetProfile:
                 f"invalid target profile {source or data.get('name', '?')}: {exc}",
                 "compare it with a shipped profile (`edge-resnet targets --json`)",
             ) from exc
+
+
+def _default_weight_range(data: dict[str, Any]) -> WeightRange:
+    """A profile that does not say: AUTO where the artifact runs on a CPU (OpenVINO CPU, ONNX Runtime's CPU
+    execution provider), FULL elsewhere (GPUs, NPUs and DLA accumulate int8 products in int32)."""
+    backend, device = str(data.get("backend", "")), str(data.get("device", "")).upper()
+    on_cpu = backend == BackendName.ONNXRUNTIME.value or (backend == BackendName.OPENVINO.value and device.startswith("CPU"))
+    return WeightRange.AUTO if on_cpu else WeightRange.FULL
+
+
+def resolve_weight_range(profile: TargetProfile, host_saturates: bool | None = None) -> WeightRange:
+    """The profile's weight range with AUTO decided for this host (``host_saturates``: for tests)."""
+    return resolve_weight_range_choice(profile.weight_range, host_saturates)
+
+
+def resolve_weight_range_choice(choice: WeightRange, host_saturates: bool | None = None) -> WeightRange:
+    if choice is not WeightRange.AUTO:
+        return choice
+    if host_saturates is None:
+        from edge_resnet.host_cpu import host_saturates_int8
+
+        host_saturates = host_saturates_int8()
+    return WeightRange.REDUCED if host_saturates else WeightRange.FULL
 
 
 def _reject_unknown(rest: dict[str, Any], source: str) -> dict[str, Any]:

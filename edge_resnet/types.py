@@ -36,3 +36,16 @@ class QuantMode(str, Enum):
 
     EXPLICIT = "explicit"
     IMPLICIT = "implicit"
+
+
+class WeightRange(str, Enum):
+    """The integer range of int8 weights.
+
+    FULL: [-127, 127]. REDUCED: [-63, 63] (7 bits), so that x86 CPUs without VNNI never saturate
+    their int16 intermediate sums (see edge_resnet.host_cpu). AUTO: REDUCED when the compiling host
+    is such a CPU, else FULL; a profile for x86 CPUs says AUTO, other targets FULL.
+    """
+
+    FULL = "full"
+    REDUCED = "reduced"
+    AUTO = "auto"

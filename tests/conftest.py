@@ -89,14 +89,25 @@ def random_r50_float(tmp_path_factory) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
+def cpu_config(fmt):  # -> QuantConfig
+    """The Q/DQ configuration of a CPU target (OpenVINO CPU, ONNX Runtime) compiled on this host."""
+    from edge_resnet.quant.qdq import QuantConfig
+    from edge_resnet.targets import resolve_weight_range_choice
+    from edge_resnet.types import WeightRange
+
+    return QuantConfig(fmt, weight_range=resolve_weight_range_choice(WeightRange.AUTO))
+
+
 def r18_qdq_files(digits: Digits, tmp_path_factory, fmt, n_test: int = 256, threads: int = 2) -> dict:
     """The digits-trained ResNet-18: float and Q/DQ (``fmt``) ONNX files, ``n_test`` test images and the
-    float reference (ONNX Runtime on the float graph). Keys: dir, float, <fmt value>, x, ref."""
+    float reference (ONNX Runtime on the float graph). Keys: dir, float, <fmt value>, x, ref.
+
+    The weights get the range a CPU target's compile gives on this host (7-bit without VNNI): these
+    graphs are run by the CPU backends here."""
     from edge_resnet.data import open_dataset
     from edge_resnet.quant.pipeline import quantize, run_onnx
-    from edge_resnet.quant.qdq import QuantConfig
 
-    qg = quantize(digits.float_graph, open_dataset("digits:train", digits.spec, count=256), QuantConfig(fmt), progress=False)
+    qg = quantize(digits.float_graph, open_dataset("digits:train", digits.spec, count=256), cpu_config(fmt), progress=False)
     d = tmp_path_factory.mktemp(f"r18-{fmt.value}")
     onnx.save(digits.float_graph, d / "float.onnx")
     onnx.save(qg.model, d / f"{fmt.value}.onnx")
@@ -109,11 +120,10 @@ def r50_qdq_files(tmp_path_factory, fmt) -> dict:
     """The random ResNet-50, quantized in ``fmt`` (fusion and coverage do not depend on training)."""
     from edge_resnet.data import PreprocessSpec, open_dataset
     from edge_resnet.quant.pipeline import quantize
-    from edge_resnet.quant.qdq import QuantConfig
 
     data = open_dataset("digits:train", PreprocessSpec(input_size=64, resize=64), count=32)
     d = tmp_path_factory.mktemp(f"r50-{fmt.value}")
-    qg = quantize(random_r50_float(tmp_path_factory), data, QuantConfig(fmt), progress=False)
+    qg = quantize(random_r50_float(tmp_path_factory), data, cpu_config(fmt), progress=False)
     onnx.save(qg.model, d / f"{fmt.value}.onnx")
     return {"dir": d, fmt.value: d / f"{fmt.value}.onnx"}
 

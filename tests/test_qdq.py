@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import cosine
+from conftest import cosine, cpu_config
 
 from edge_resnet.data import open_dataset
 from edge_resnet.graph.export import export_float_graph
@@ -117,9 +117,10 @@ def test_exclude_keeps_layers_float(r50_random):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", [S8, U8])
 def test_fidelity_on_real_digits(digits_r18, fmt):
-    """The issue's bar: >= 99.5% top-1 agreement and mean logit cosine >= 0.999 on digits:test."""
+    """The issue's bar: >= 99.5% top-1 agreement and mean logit cosine >= 0.999 on digits:test (run by
+    ONNX Runtime, whose fused u8s8 kernels need this host's weight range: see test_weight_range.py)."""
     calib = open_dataset("digits:train", digits_r18.spec, count=256)
-    qg = quantize(digits_r18.float_graph, calib, QuantConfig(fmt), progress=False)
+    qg = quantize(digits_r18.float_graph, calib, cpu_config(fmt), progress=False)
     x, _ = digits_r18.arrays("test")
     ref, out = run_onnx(digits_r18.float_graph, x), run_onnx(qg.model, x)
     agreement = (ref.argmax(1) == out.argmax(1)).mean()

@@ -17,13 +17,17 @@ from edge_resnet.cli.data_options import make_spec, preprocess_options
 @click.option("--percentile", type=click.FloatRange(50, 100), default=None, help="For --method percentile (default 99.99).")
 @click.option("--format", "fmt", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
               help="s8s8: TensorRT / OpenVINO; u8s8: ONNX Runtime on x86.")
+@click.option("--weight-range", type=click.Choice(["full", "reduced", "auto"]), default=None,
+              help="full: int8 weights in [-127, 127]; reduced: 7 bits, for x86 CPUs without VNNI, whose 8-bit "
+                   "products saturate (OpenVINO, ONNX Runtime); auto: reduced when this host is such a CPU. "
+                   "Default: auto for u8s8 (the x86 CPU format), full for s8s8.")
 @click.option("--exclude", multiple=True, help="Keep a layer float, by name (conv1, fc, layer4.2.conv3) or op type (Gemm).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--scales", "scales_path", type=click.Path(dir_okay=False), default=None, help="Also write per-tensor scales (JSON).")
 @preprocess_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: str | None, percentile: float | None,
-             fmt: str, exclude: tuple[str, ...], batch_size: int, scales_path: str | None, input_size: int | None,
+             fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int, scales_path: str | None, input_size: int | None,
              resize: int | None, mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
@@ -33,7 +37,8 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.quant.pipeline import quantize as run
     from edge_resnet.quant.qdq import QuantConfig
-    from edge_resnet.types import ActivationFormat
+    from edge_resnet.targets import resolve_weight_range_choice
+    from edge_resnet.types import ActivationFormat, WeightRange
 
     start = time.perf_counter()
     fg = prepare_float_graph(load_onnx(model_path))
@@ -41,7 +46,10 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
     data = open_dataset(calib, spec, count=calib_count, seed=seed)
     options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size)
-    qg = run(fg.model, data, QuantConfig(ActivationFormat(fmt), tuple(exclude)), options)
+    fmt_enum = ActivationFormat(fmt)
+    default_range = WeightRange.AUTO if fmt_enum is ActivationFormat.U8S8 else WeightRange.FULL
+    wr = resolve_weight_range_choice(WeightRange(weight_range) if weight_range else default_range)
+    qg = run(fg.model, data, QuantConfig(fmt_enum, tuple(exclude), wr), options)
     save_onnx(qg.model, output)
     if scales_path:
         qg.save_scales(scales_path)
@@ -49,7 +57,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     click.echo(f"{fg.fold}")
     click.echo(f"quantized {q['Conv']} convs, {q['Add']} residual adds, {q['Gemm']} gemm, "
                f"{q['MaxPool'] + q['GlobalAveragePool'] + q['GlobalMaxPool']} pools in {fmt} "
-               f"with {options.method.value} on {len(data)} images")
+               f"with {options.method.value} on {len(data)} images, {wr.value}-range weights")
     if qg.report.kept_float:
         click.echo(f"kept float: {', '.join(qg.report.kept_float)}")
     click.echo(f"time: calibration {qg.timings['calibration_s']:.1f} s, total {time.perf_counter() - start:.1f} s")

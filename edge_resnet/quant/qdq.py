@@ -2,8 +2,9 @@
 
 Placement (one statistics set, two formats, chosen by the target):
 
-- Weights of every Conv and Gemm: int8, per output channel, symmetric in [-127, 127], stored as
-  int8 initializers behind a DequantizeLinear (axis = output channel).
+- Weights of every Conv and Gemm: int8, per output channel, symmetric in [-127, 127] (or [-63, 63]
+  for x86 CPUs without VNNI, ``WeightRange.REDUCED``: see edge_resnet.host_cpu), stored as int8
+  initializers behind a DequantizeLinear (axis = output channel).
 - Activations: per-tensor symmetric (no offset: real 0 is integer 0), scale = amax / 127.
   * S8S8 (TensorRT explicit quantization, OpenVINO): int8, zero point 0. Q/DQ on the *inputs* of
     Conv, Gemm and pooling, and on the *residual* input of every Add, following TensorRT's
@@ -37,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.errors import QuantizationError
-from edge_resnet.types import ActivationFormat
+from edge_resnet.types import ActivationFormat, WeightRange
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ INT8_OPS = frozenset({"Conv", "Gemm", "Add", "MaxPool", "GlobalAveragePool", "Gl
 SCALE_PRESERVING = frozenset({"MaxPool", "GlobalMaxPool", "Flatten", "Reshape"})
 _OUTPUT_QUANTIZED = frozenset({"Conv", "Add", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"})
 WEIGHT_QMAX = 127
+# the largest |integer weight| of each range (AUTO is resolved by the caller: edge_resnet.targets)
+WEIGHT_QMAX_OF: dict[WeightRange, int] = {WeightRange.FULL: WEIGHT_QMAX, WeightRange.REDUCED: 63}
 MIN_SCALE = 1e-12
 
 
@@ -76,6 +79,17 @@ FORMAT_RULES: dict[ActivationFormat, FormatRule] = {
 class QuantConfig:
     activation_format: ActivationFormat = ActivationFormat.S8S8
     exclude: tuple[str, ...] = ()  # node names (module names, e.g. "conv1", "fc") or op types ("Gemm")
+    weight_range: WeightRange = WeightRange.FULL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_range", WeightRange(self.weight_range))
+        if self.weight_range not in WEIGHT_QMAX_OF:
+            raise QuantizationError(f"weight range {self.weight_range.value!r} must be resolved before quantizing",
+                                    "resolve it with edge_resnet.targets.resolve_weight_range")
+
+    @property
+    def weight_qmax(self) -> int:
+        return WEIGHT_QMAX_OF[self.weight_range]
 
     def excludes(self, node: onnx.NodeProto) -> bool:
         return node.name in self.exclude or node.op_type in self.exclude
@@ -204,13 +218,13 @@ def is_nonnegative(g: _Graph, tensor: str) -> bool:
     return False
 
 
-def quantize_weights(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8: returns (int8 weights, float32 scales along ``axis``)."""
+def quantize_weights(w: np.ndarray, axis: int = 0, qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 in [-qmax, qmax]: returns (int8 weights, float32 scales along ``axis``)."""
     w64 = np.moveaxis(w.astype(np.float64), axis, 0)
     amax = np.abs(w64.reshape(w64.shape[0], -1)).max(axis=1)
-    scale = np.maximum(amax / WEIGHT_QMAX, MIN_SCALE).astype(np.float32)
+    scale = np.maximum(amax / qmax, MIN_SCALE).astype(np.float32)
     shape = (-1,) + (1,) * (w64.ndim - 1)
-    q = np.clip(np.rint(w64 / scale.astype(np.float64).reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    q = np.clip(np.rint(w64 / scale.astype(np.float64).reshape(shape)), -qmax, qmax).astype(np.int8)
     return np.moveaxis(q, 0, axis), scale
 
 
@@ -228,7 +242,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     nodes = quantized_nodes(out, config)
     report = QDQReport()
     report.kept_float = [n.name for n in out.graph.node if n.op_type in INT8_OPS and n not in nodes and config.excludes(n)]
-    writer = _Writer(out, g, rule, amax, {n.name for n in nodes})
+    writer = _Writer(out, g, rule, amax, {n.name for n in nodes}, config.weight_qmax)
 
     names = {n.name for n in nodes}
     fused = {n.name: g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if rule.fuse_residual else {}
@@ -262,8 +276,9 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
 
 class _Writer:
     def __init__(self, model: onnx.ModelProto, g: _Graph, rule: FormatRule, amax: dict[str, float],
-                 quantized: set[str]) -> None:
+                 quantized: set[str], weight_qmax: int = WEIGHT_QMAX) -> None:
         self.model, self.g, self.rule, self.amax, self.quantized = model, g, rule, amax, quantized
+        self.weight_qmax = weight_qmax
         self.done: dict[str, str] = {}
         self.quantizers: dict[str, tuple[float, int]] = {}
         self.new_inits: list[onnx.TensorProto] = []
@@ -324,7 +339,7 @@ class _Writer:
         if node.op_type == "Gemm":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             axis = 0 if attrs.get("transB", 0) else 1  # the output-feature axis of B
-        q, scale = quantize_weights(w, axis)
+        q, scale = quantize_weights(w, axis, self.weight_qmax)
         base = node.name or w_name
         qn, sn, zn = f"{base}.weight_quantized", f"{base}.weight_scale", f"{base}.weight_zero_point"
         self.new_inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn),

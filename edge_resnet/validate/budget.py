@@ -49,7 +49,7 @@ from edge_resnet.bundle import MANIFEST, Bundle, BundleWriter, load_bundle
 from edge_resnet.compile import CompileOptions, CompileResult, ModelSource, compile_bundle, float_graph_for
 from edge_resnet.data import Dataset, open_dataset
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
-from edge_resnet.targets import get_target
+from edge_resnet.targets import get_target, resolve_weight_range
 from edge_resnet.types import Precision, QuantMode
 from edge_resnet.validate.layers import LayerError, layer_sensitivity
 from edge_resnet.validate.run import (
@@ -179,7 +179,8 @@ def _rank(state: _Loop, first: CompileResult, options: CompileOptions) -> list[L
     x = np.concatenate([b.x for b in sample.batches(state.budget.batch_size)])
     amax = first.stats.amax(options.calibration.method, **options.calibration.params())
     ranking = layer_sensitivity(first.float_graph.model, amax, profile.activation_format, x,
-                                exclude=options.exclude, progress=options.progress)
+                                exclude=options.exclude, progress=options.progress,
+                                weight_range=resolve_weight_range(profile))
     log.info("most sensitive layers: %s", ", ".join(f"{e.layer} ({e.sqnr_db:.1f} dB)" for e in ranking[:5]))
     return ranking
 

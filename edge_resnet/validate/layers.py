@@ -26,7 +26,7 @@ import onnx
 from tqdm import tqdm
 
 from edge_resnet.quant.qdq import QuantConfig, insert_qdq, quantized_nodes
-from edge_resnet.types import ActivationFormat
+from edge_resnet.types import ActivationFormat, WeightRange
 from edge_resnet.validate.metrics import sqnr_db, sqnr_from_energy
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,8 @@ def _run(sess, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def layer_sensitivity(float_model: onnx.ModelProto, amax: dict[str, float], activation_format: ActivationFormat,
-                      x: np.ndarray, *, exclude: Sequence[str] = (), progress: bool = True) -> list[LayerError]:
+                      x: np.ndarray, *, exclude: Sequence[str] = (), progress: bool = True,
+                      weight_range: WeightRange = WeightRange.FULL) -> list[LayerError]:
     """Output SQNR (dB) of the model with only one layer quantized, for every quantizable layer (Conv, Gemm,
     Add, pooling); most sensitive (lowest SQNR) first. ``exclude``: layers that stay float whatever happens (e.g. --exclude).
 
@@ -155,7 +156,7 @@ def layer_sensitivity(float_model: onnx.ModelProto, amax: dict[str, float], acti
     out: list[LayerError] = []
     for node in tqdm(nodes, desc="layer sensitivity", unit="layer", disable=not progress, leave=False):
         others = tuple(n for n in all_names if n != node.name) + tuple(exclude)
-        qmodel, _ = insert_qdq(float_model, amax, QuantConfig(activation_format, others))
+        qmodel, _ = insert_qdq(float_model, amax, QuantConfig(activation_format, others, weight_range))
         out.append(LayerError(node.name, node.op_type, sqnr_db(reference, _run(_session(qmodel), x))))
         del qmodel
     return sorted(out, key=lambda e: e.sqnr_db)
