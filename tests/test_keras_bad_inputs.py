@@ -24,6 +24,7 @@ def files(tmp_path_factory):
     out = {fmt: save(resnet, fmt, d) for fmt in ("keras", "weights.h5", "h5")}
     headless = build("ResNet50V2", classes=None, size=SIZE)
     out["headless"] = save(headless, "keras", d)
+    out["headless_model"] = headless
     mobilenet = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(SIZE, SIZE, 3), classes=3)
     out["mobilenet"] = d / "mobilenet.keras"
     mobilenet.save(out["mobilenet"])
@@ -136,3 +137,19 @@ def test_python_api_names_the_mismatch(files):
     model = build_model("resnet50-v1", num_classes=5)
     load_weights(model, files["weights.h5"])
     assert model.bn1.eps == pytest.approx(1.001e-5)
+
+
+def test_headless_file_with_no_top_gives_keras_features(files):
+    """A file saved with include_top=False builds with --no-top: Keras's last feature map, exactly."""
+    import torch
+    from keras_reference import logits
+
+    from edge_resnet.cli.options import build_from_options
+
+    model, digest = build_from_options(None, None, str(files["headless"]), None, True, "none")
+    assert model.variant.value == "v2" and not hasattr(model, "fc") and len(digest) == 64
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x)).numpy()
+    ref = logits(files["headless_model"], x).transpose(0, 3, 1, 2)
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= 1e-5

@@ -113,7 +113,8 @@ def test_keras2_layout_is_one_keras_reads(case):
 
     fresh = build(case.name, classes=CLASSES, size=SIZE, seed=99)
     with h5py.File(case.files["keras2-weights.h5"], "r") as f:
-        assert "layer_names" in f.attrs and f.attrs["keras_version"].startswith(b"2.")
+        version = f.attrs["keras_version"]
+        assert "layer_names" in f.attrs and (version.decode() if isinstance(version, bytes) else version).startswith("2.")
         legacy_h5_format.load_weights_from_hdf5_group(f, fresh)
     for a, b in zip(case.model.weights, fresh.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

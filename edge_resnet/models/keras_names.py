@@ -109,22 +109,23 @@ class KerasResNet:
 _FAMILIES: tuple[tuple[str, str], ...] = (
     ("expanded_conv", "MobileNetV2/V3"), ("conv_dw_", "MobileNet"), ("block1_conv1", "VGG16/VGG19"),
     ("stem_conv", "EfficientNet"), ("block1a_", "EfficientNet"), ("pool2_conv", "DenseNet"),
-    ("conv2d_1", "a model of unnamed layers"), ("mixed", "InceptionV3/InceptionResNetV2"),
-    ("block1_sepconv1", "Xception"), ("normal_conv", "NASNet"), ("res2a_branch2a", "the 2017 Keras ResNet50 "
-     "(keras-applications < 1.0.7, layer names res2a_branch2a...)"),
+    ("mixed", "InceptionV3/InceptionResNetV2"), ("block1_sepconv1", "Xception"), ("normal_conv", "NASNet"),
+    ("res2a_branch2a", "the 2017 Keras ResNet50 (keras-applications < 1.0.7, layer names res2a_branch2a...)"),
 )
+_WEIGHTLESS = {"InputLayer"}
+
+
+def _family(names: Sequence[str]) -> str | None:
+    return next((f for key, f in _FAMILIES if any(key in n for n in names)), None)
 
 
 def looks_like(names: Iterable[str], model_name: str | None = None, classes: Mapping[str, str] | None = None) -> str:
     """A short description of a Keras model that is not a ResNet: family, name, layer kinds."""
-    names = list(names)
-    family = next((f for key, f in _FAMILIES if any(key in n for n in names)), None)
-    parts = []
-    if model_name:
-        parts.append(f"a Keras model named {model_name!r}")
+    names = [n for n in names if not classes or classes.get(n) not in _WEIGHTLESS]
+    family = _family(names)
+    desc = f"a Keras model named {model_name!r}" if model_name else "a Keras model"
     if family:
-        parts.append(f"like {family}" if parts else f"like {family}")
-    desc = " ".join(parts) if parts else "a Keras model"
+        desc += f", like {family},"
     if classes:
         kinds = Counter(classes.get(n, "?") for n in names)
         desc += " with " + ", ".join(f"{c} {k}" for k, c in kinds.most_common(4))
@@ -146,7 +147,7 @@ def identify(names: Iterable[str], head_units: int | None, *, model_name: str | 
             stacks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
             preact |= m.group(3) == "preact_bn"
     preact |= "post_bn" in names
-    resnetish = len(stacks) == 4 and "conv1_conv" in names
+    resnetish = len(stacks) == 4 and "conv1_conv" in names and _family(names) is None  # DenseNet shares names
     if not resnetish:
         raise CheckpointError(
             f"{source} is not a Keras ResNet: it looks like {looks_like(names, model_name, classes)}",
