@@ -160,12 +160,12 @@ def test_model_and_classes_are_read_from_the_file(case):
 
 
 def test_parameters_and_macs_match_keras(case):
-    """Our network has Keras's parameters (v1: minus the conv biases folded into BN) and MACs at 224."""
+    """Our network has Keras's parameters (v1: minus the conv biases folded into BN) and its MACs."""
     import keras
 
     from edge_resnet.models import build_model, count_macs, count_parameters
 
-    km = build(case.name, classes=1000, size=224)
+    km = case.model
     trainable = sum(int(np.prod(w.shape)) for w in km.trainable_weights)
     conv_biases = sum(int(np.prod(layer.bias.shape)) for layer in km.layers
                       if isinstance(layer, keras.layers.Conv2D) and layer.use_bias)
@@ -177,10 +177,10 @@ def test_parameters_and_macs_match_keras(case):
             macs += h * w * c_out * kh * kw * c_in
         elif isinstance(layer, keras.layers.Dense):
             macs += int(np.prod(layer.kernel.shape))
-    ours = build_model(case.ours)
+    ours = build_model(case.ours, num_classes=CLASSES)
     v2 = case.name.endswith("V2")
     assert count_parameters(ours) == (trainable if v2 else trainable - conv_biases)
-    assert count_macs(ours, 224) == macs
+    assert count_macs(ours, SIZE) == macs
 
 
 @pytest.mark.parametrize("case", ["ResNet50V2"], indirect=True)
