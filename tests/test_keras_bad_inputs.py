@@ -153,3 +153,43 @@ def test_headless_file_with_no_top_gives_keras_features(files):
         ours = model(torch.from_numpy(x)).numpy()
     ref = logits(files["headless_model"], x).transpose(0, 3, 1, 2)
     assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= 1e-5
+
+
+def _legacy_copy(files, tmp_path, name):
+    import shutil
+
+    path = tmp_path / name
+    shutil.copy(files["h5"], path)
+    return path
+
+
+def test_missing_layer(files, tmp_path):
+    path = _legacy_copy(files, tmp_path, "missing.h5")
+    with h5py.File(path, "r+") as f:
+        g = f["model_weights"]
+        names = [n for n in g.attrs["layer_names"] if n not in (b"conv3_block2_2_bn", "conv3_block2_2_bn")]
+        g.attrs["layer_names"] = np.array([n if isinstance(n, bytes) else n.encode() for n in names])
+    fails(export(tmp_path, path), "a Keras ResNet50 with 5 classes but does not hold exactly its layers",
+          "missing layers (1): conv3_block2_2_bn")
+
+
+def test_extra_layer(files, tmp_path):
+    """A custom head under another name than 'predictions' is an extra layer, named in the message."""
+    import keras
+
+    base = build("ResNet50", classes=None, size=SIZE)
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    model = keras.Model(base.input, keras.layers.Dense(3, name="my_head")(x))
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    fails(export(tmp_path, path, "--no-top"), "extra layers (1): my_head", "named 'predictions'")
+
+
+def test_shape_mismatch(files, tmp_path):
+    path = _legacy_copy(files, tmp_path, "shapes.h5")
+    with h5py.File(path, "r+") as f:
+        g = f["model_weights/conv2_block1_2_conv"]
+        name = [n.decode() if isinstance(n, bytes) else n for n in g.attrs["weight_names"]][0]
+        del g[name]
+        g.create_dataset(name, data=np.zeros((3, 3, 64, 32), np.float32))
+    fails(export(tmp_path, path), "conv2_block1_2_conv: [3, 3, 64, 32] in the file, ResNet50 has [3, 3, 64, 64]")

@@ -25,6 +25,7 @@ from edge_resnet.models.keras_names import (
     KerasResNet,
     check_layers,
     identify,
+    keras_shape,
     names_by_order,
     snake_case,
     to_state_dict,
@@ -51,12 +52,27 @@ class KerasCheckpoint:
     def prepare(self, model: nn.Module) -> None:
         """Check that ``model`` is this file's network and give it the file's BN epsilon."""
         check_model(model, self.arch, self.path)
+        self.check_shapes(model)
         n = 0
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eps = self.arch.bn_eps
                 n += 1
         log.debug("%s: BN epsilon %g on %d layers", self.path, self.arch.bn_eps, n)
+
+
+    def check_shapes(self, model: nn.Module) -> None:
+        """Every weight has the shape ``model`` needs; the error names Keras layers and Keras shapes."""
+        own = model.state_dict()
+        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in self.state_dict.items()
+               if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if not bad:
+            return
+        shown = "; ".join(f"{self.origin.get(k, k)}: {list(keras_shape(a))} in the file, {self.arch.keras_name} has "
+                          f"{list(keras_shape(b))}" for k, a, b in bad[:5])
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise CheckpointError(f"{self.path} has {self.arch.keras_name}'s layers but {len(bad)} of other shapes: "
+                              f"{shown}{more}", "pass an unmodified keras.applications ResNet")
 
 
 def inspect_keras(path: str | Path, archive: bool) -> KerasResNet:

@@ -321,7 +321,7 @@ def _expect_rank(layer: KerasLayer, w: np.ndarray, rank: int, source: str) -> No
                               "the file is corrupt or not a Keras ResNet")
 
 
-def keras_shape(torch_key: str, shape: Sequence[int]) -> tuple[int, ...]:
+def keras_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """Our parameter shape as Keras stores it (for messages): OIHW -> HWIO, OI -> IO."""
     if len(shape) == 4:
         o, i, h, w = shape
