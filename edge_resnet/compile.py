@@ -100,7 +100,7 @@ def float_graph_for(source: ModelSource, input_size: int) -> FloatGraph:
     return export_float_graph(model, input_size)
 
 
-def _spec_for(fg: FloatGraph, options: CompileOptions) -> PreprocessSpec:
+def _spec_for(fg: FloatGraph, options: CompileOptions, source: ModelSource | None = None) -> PreprocessSpec:
     info = describe_input(fg.model)
     if options.spec is not None:
         if info.height is not None and info.height != options.spec.input_size:
@@ -109,6 +109,10 @@ def _spec_for(fg: FloatGraph, options: CompileOptions) -> PreprocessSpec:
                                   f"pass --input-size {info.height}")
         return options.spec
     size = info.height or 224
+    if source is not None and source.weights and not source.onnx:  # a Keras checkpoint: Keras's preprocessing
+        from edge_resnet.models.from_weights import checkpoint_preprocessing
+
+        return checkpoint_preprocessing(source.weights, size)
     return PreprocessSpec(input_size=size, resize=max(size, round(size * 256 / 224)))
 
 
@@ -202,7 +206,7 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
     profile = get_target(options.target)
     writer = BundleWriter(out_dir, force=options.force)  # fails fast if out_dir exists
     fg = float_graph or float_graph_for(source, input_size)
-    spec = _spec_for(fg, options)
+    spec = _spec_for(fg, options, source)
     precision = options.precision
     calib_record, qgraph = None, None
     if precision is Precision.INT8:

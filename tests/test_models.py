@@ -73,6 +73,46 @@ def test_v2_is_pre_activation():
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("name", ["resnet50-v2", "resnet18-v2"])
+def test_v2_strides_the_last_block_of_a_stage_as_keras(name):
+    """Keras ResNetV2: stride 2 on the last block of stages 1-3 (its 3x3, or a basic block's first
+    conv), none in stage 4; the projection in each stage's first block, with stride 1."""
+    m = build_model(name)
+    for stage, stride in zip((m.layer1, m.layer2, m.layer3, m.layer4), (2, 2, 2, 1), strict=True):
+        strided = stage[-1].conv2 if name == "resnet50-v2" else stage[-1].conv1
+        assert strided.stride == (stride, stride)
+        assert all(b.stride == 1 for b in stage[:-1]) and stage[-1].stride == stride
+        if stage[0].downsample is not None:
+            assert stage[0].downsample[0].stride == (1, 1)
+    assert m.bn_eps == pytest.approx(1.001e-5)
+    assert all(b.eps == pytest.approx(1.001e-5) for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d))
+
+
+def test_v2_strided_block_takes_a_max_pool_shortcut_of_its_input():
+    torch.manual_seed(0)
+    block = build_model("resnet50-v2").eval().layer1[-1]  # 256 -> 256 channels, stride 2, no projection
+    assert block.downsample is None
+    x = torch.randn(1, 256, 9, 9)
+    with torch.no_grad():
+        pre = block.relu(block.bn1(x))
+        residual = block.conv3(block.relu(block.bn3(block.conv2(block.relu(block.bn2(block.conv1(pre)))))))
+        torch.testing.assert_close(block(x), residual + x[:, :, ::2, ::2])  # 1x1 max pool, stride 2
+
+
+def test_v2_stem_pool_pads_with_zeros():
+    """The v2 stem is not activated: its max pool sees zero padding (Keras ZeroPadding2D), not -inf."""
+    m = build_model("resnet50-v2").eval()
+    x = -torch.ones(1, 64, 8, 8)  # all negative: a -inf padded pool would give -1 at the border too
+    y = m.maxpool(x)
+    assert y.shape == (1, 64, 4, 4)
+    assert torch.all(y[..., 0, :] == 0) and torch.all(y[..., :, 0] == 0) and torch.all(y[..., 1:, 1:] == -1)
+
+
+def test_v1_and_v15_keep_torchvisions_bn_epsilon():
+    for name in ("resnet50", "resnet50-v1", "resnet18"):
+        assert all(b.eps == 1e-5 for b in build_model(name).modules() if isinstance(b, torch.nn.BatchNorm2d))
+
+
 @pytest.mark.parametrize(("pooling", "shape"), [("avg", (2, 512)), ("max", (2, 512)), (None, (2, 512, 2, 2))])
 def test_keras_like_heads(pooling, shape):
     m = build_model("resnet18", include_top=False, pooling=pooling).eval()
@@ -103,3 +143,22 @@ def test_registry_names_and_errors():
         get_spec("resnet50-v2", "v1")
     with pytest.raises(ModelError, match="--no-top"):
         build_model("resnet18", pooling="max")
+
+
+def test_models_command_lists_the_zoo_with_its_keras_counterparts():
+    import json
+
+    from click.testing import CliRunner
+
+    from edge_resnet.cli.app import cli
+
+    r = CliRunner().invoke(cli, ["models", "--json", "--input-size", "64"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.output)}
+    assert len(rows) == len(MODELS)
+    assert rows["resnet50-v2"]["parameters"] == 25_568_360
+    assert rows["resnet50-v2"]["gmacs"] == round(count_macs(build_model("resnet50-v2"), 64) / 1e9, 3)
+    assert (rows["resnet50-v1"]["keras"], rows["resnet152-v2"]["keras"]) == ("ResNet50", "ResNet152V2")
+    assert rows["resnet50"]["keras"] is None and rows["resnet18-v2"]["keras"] is None
+    table = CliRunner().invoke(cli, ["models"]).output
+    assert "ResNet101V2" in table.splitlines()[0 + list(MODELS).index("resnet101-v2") + 1]

@@ -6,14 +6,17 @@ from pathlib import Path
 import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
+from edge_resnet.cli.options import WEIGHTS_HELP
 
 
 @click.command("compile")
-@click.option("--model", "model_name", default="resnet50", show_default=True, help="Registered model name.")
+@click.option("--model", "model_name", default=None,
+              help="Registered model name; default: read from a Keras --weights file, else resnet50.")
 @click.option("--variant", type=click.Choice(["v1", "v1.5", "v2"]), default=None)
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="A .pt/.pth state_dict.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help=WEIGHTS_HELP)
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None, help="Any ResNet as an ONNX file instead of --model.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="Classes of the classifier; default: a Keras file's, else 1000.")
 @click.option("--no-top", is_flag=True, help="Drop the classifier head (embedding or feature-map engines).")
 @click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None)
 @click.option("--target", default="cpu", show_default=True, help="Target profile name or .toml path (see `edge-resnet targets`).")
@@ -51,8 +54,15 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
     if (max_drop is None) != (val_source is None):
         raise click.UsageError("--max-drop and --val go together: the budget is checked on the --val data")
 
-    source = ModelSource(model_name, variant, weights, num_classes, not no_top, pooling, onnx_path)
-    spec = make_spec(input_size, resize, mean, std, channel_order) if any(
+    base = None  # the preprocessing the options change: a Keras checkpoint's own, else ImageNet's
+    if onnx_path is None:
+        from edge_resnet.models.from_weights import checkpoint_preprocessing, resolve_model
+
+        choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
+        model_name, variant, num_classes = choice.name, choice.variant, choice.num_classes
+        base = checkpoint_preprocessing(weights, input_size or 224) if weights else None
+    source = ModelSource(model_name, variant, weights, num_classes or 1000, not no_top, pooling, onnx_path)
+    spec = make_spec(input_size, resize, mean, std, channel_order, base=base) if any(
         v is not None for v in (input_size, resize, mean, std, channel_order)) else None
     labels = tuple(Path(labels_file).read_text(encoding="utf-8").splitlines()) if labels_file else None
     options = CompileOptions(

@@ -9,16 +9,20 @@ import click
 
 F = Callable[..., Any]
 
+WEIGHTS_HELP = ("A checkpoint: torch .pt/.pth (weights_only) or .safetensors state_dict (torchvision/timm keys), "
+                "or a Keras Applications ResNet .keras / .weights.h5 / legacy .h5.")
+
 
 def model_options(f: F) -> F:
     for opt in reversed([
-        click.option("--model", "model_name", default="resnet50", show_default=True,
-                     help="Registered model name (see `edge-resnet models`)."),
+        click.option("--model", "model_name", default=None,
+                     help="Registered model name (see `edge-resnet models`); default: read from a Keras "
+                          "--weights file, else resnet50."),
         click.option("--variant", type=click.Choice(["v1", "v1.5", "v2"]), default=None,
-                     help="Override the name's variant (default v1.5)."),
-        click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="A .pt/.pth state_dict (loaded with weights_only=True)."),
-        click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True),
+                     help="Override the name's variant (default v1.5; a Keras file's own)."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None, help=WEIGHTS_HELP),
+        click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                     help="Classes of the classifier; default: a Keras file's, else 1000."),
         click.option("--no-top", is_flag=True, help="Drop the classifier head (Keras include_top=False)."),
         click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None,
                      help="With --no-top: avg/max give an embedding, none the last feature map."),
@@ -28,12 +32,17 @@ def model_options(f: F) -> F:
     return f
 
 
-def build_from_options(model_name: str, variant: str | None, weights: str | None, num_classes: int,
+def build_from_options(model_name: str | None, variant: str | None, weights: str | None, num_classes: int | None,
                        no_top: bool, pooling: str | None) -> tuple[Any, str | None]:
-    """Build the model the options describe, with weights loaded; returns (model, weights sha256)."""
-    from edge_resnet.models import build_model, load_weights
+    """Build the model the options describe, with weights loaded; returns (model, weights sha256).
 
-    model = build_model(model_name, variant=variant, num_classes=num_classes, include_top=not no_top,
+    ``model_name``/``num_classes`` None: read from a Keras weights file, else resnet50 / 1000.
+    """
+    from edge_resnet.models import build_model, load_weights
+    from edge_resnet.models.from_weights import resolve_model
+
+    choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
+    model = build_model(choice.name, variant=choice.variant, num_classes=choice.num_classes, include_top=not no_top,
                         pooling=pooling if no_top else None)
     digest = load_weights(model, weights) if weights else None
     return model.eval(), digest

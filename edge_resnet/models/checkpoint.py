@@ -3,6 +3,9 @@
 Only ``torch.load(..., weights_only=True)``: a checkpoint is user input and is never unpickled.
 Accepted layouts: a plain state_dict, one nested under ``state_dict`` or ``model`` (Lightning,
 timm/train scripts), keys with a ``module.`` prefix (DataParallel/DDP).
+
+Keras (``.keras``, ``.weights.h5``, legacy ``.h5``) and ``.safetensors`` files are told apart by
+their first bytes and read by their own modules (:mod:`edge_resnet.models.formats`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from edge_resnet.errors import CheckpointError
+from edge_resnet.models.formats import open_foreign
 from edge_resnet.models.registry import DEPTHS
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist", "check the path given to --weights")
+    foreign = open_foreign(path)  # Keras and safetensors files have their own readers
+    if foreign is not None:
+        return _flatten(foreign.state_dict, path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
@@ -124,7 +131,10 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     as Keras does with ``include_top=False`` weights.
     """
     path = Path(path)
-    sd = read_state_dict(path)
+    foreign = open_foreign(path)
+    sd = _flatten(foreign.state_dict, path) if foreign is not None else read_state_dict(path)
+    if foreign is not None and foreign.keras is not None:
+        foreign.keras.prepare(model)  # the file's network and BN epsilon
     if not hasattr(model, "fc") and any(k.startswith("fc.") for k in sd):
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
         log.info("the model has no classifier head: ignoring the checkpoint's fc weights")

@@ -50,7 +50,16 @@ class ModelSpec:
     def layers(self) -> tuple[int, int, int, int]:
         return DEPTHS[self.depth][1]
 
-    def build(self, num_classes: int = 1000, include_top: bool = True, pooling: Pooling | str | None = None) -> ResNet:
+    @property
+    def keras_name(self) -> str | None:
+        """The Keras Applications network whose checkpoints this model loads exactly, if any."""
+        if not self.bottleneck or self.variant is Variant.V1_5:
+            return None
+        return f"ResNet{self.depth}{'V2' if self.variant is Variant.V2 else ''}"
+
+    def build(self, num_classes: int = 1000, include_top: bool = True, pooling: Pooling | str | None = None,
+              bn_eps: float | None = None) -> ResNet:
+        """The network; ``bn_eps`` None: the variant's own (1e-5 for v1/v1.5, Keras's 1.001e-5 for v2)."""
         block = _BLOCKS[(self.bottleneck, self.variant is Variant.V2)]
         pool = Pooling(pooling) if pooling is not None else (Pooling.AVG if include_top else Pooling.NONE)
         if include_top and pool is not Pooling.AVG:
@@ -60,7 +69,7 @@ class ModelSpec:
             )
         if num_classes < 1:
             raise ModelError(f"num_classes must be >= 1, got {num_classes}")
-        return ResNet(block, self.layers, self.variant, num_classes, include_top, pool)
+        return ResNet(block, self.layers, self.variant, num_classes, include_top, pool, bn_eps=bn_eps)
 
 
 MODELS: dict[str, ModelSpec] = {
