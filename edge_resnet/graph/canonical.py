@@ -4,9 +4,10 @@
   reports and ``--exclude`` speak the user's language. Conv/Gemm take the name of their weight;
   other nodes the module scope the torch exporter recorded; nodes of other exporters keep their
   names (made unique and non-empty).
-- ``ReduceMean``/``ReduceMax`` over H and W with keepdims become ``GlobalAveragePool`` /
-  ``GlobalMaxPool`` and the following reshape to (N, C) becomes ``Flatten``: the forms every
-  backend (and ORT's QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
+- ``ReduceMean``/``ReduceMax`` over H and W become ``GlobalAveragePool`` / ``GlobalMaxPool`` (with a
+  ``Flatten`` when they dropped the axes, as Keras' global pooling does), and the following reshape
+  or squeeze to (N, C) becomes ``Flatten``: the forms every backend (and ORT's
+  QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
 - Each node's single output tensor takes the node's name (``layer4.2.conv3``), so calibration
   scales, the TensorRT calibration cache and per-layer reports read like the model. Graph inputs
   and outputs keep their names.
@@ -106,28 +107,51 @@ def _const_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
 
 
 def _global_pools(graph: onnx.GraphProto) -> None:
+    nodes: list[onnx.NodeProto] = []
+    taken = {t for n in graph.node for t in (*n.input, *n.output)}
     for node in graph.node:
+        nodes.append(node)
         if node.op_type not in _GLOBAL_POOL:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1:
             axes = _const_ints(graph, node.input[1])
-        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or attrs.get("keepdims", 1) != 1:
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
             continue
         node.op_type = _GLOBAL_POOL[node.op_type]
         del node.input[1:]
         del node.attribute[:]
+        if attrs.get("keepdims", 1) == 0:  # (N, C): the pool keeps (N, C, 1, 1), a Flatten drops them
+            pooled = _fresh(f"{node.output[0]}_pooled", taken)
+            flat = helper.make_node("Flatten", [pooled], [node.output[0]], name=_fresh(f"{node.name}_flatten", taken), axis=1)
+            node.output[0] = pooled
+            nodes.append(flat)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
 
 
 def _flatten_after_pool(graph: onnx.GraphProto) -> None:
     producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
-        if node.op_type != "Reshape":
+        if node.op_type not in ("Reshape", "Squeeze"):
             continue
         src = producers.get(node.input[0])
         if src is None or src.op_type not in ("GlobalAveragePool", "GlobalMaxPool"):
             continue
+        if node.op_type == "Squeeze":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            axes = attrs.get("axes") or (_const_ints(graph, node.input[1]) if len(node.input) > 1 else None)
+            if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+                continue  # a squeeze without axes also drops a batch of 1
         node.op_type = "Flatten"
         del node.input[1:]
         del node.attribute[:]
