@@ -8,6 +8,9 @@
   ``Flatten`` when they dropped the axes, as Keras' global pooling does), and the following reshape
   or squeeze to (N, C) becomes ``Flatten``: the forms every backend (and ORT's
   QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
+- A ``Gemm`` whose weight is stored (in, out) (``transB=0``: a MatMul + Add head, Keras' Dense) gets it
+  transposed to (out, in) with ``transB=1``, as torch's Linear stores it: OpenVINO otherwise keeps a
+  Transpose of the (int8) weight in its runtime graph.
 - Each node's single output tensor takes the node's name (``layer4.2.conv3``), so calibration
   scales, the TensorRT calibration cache and per-layer reports read like the model. Graph inputs
   and outputs keep their names.
@@ -29,11 +32,14 @@ log = logging.getLogger(__name__)
 _GLOBAL_POOL = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
 
 
-def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def canonicalize(model: onnx.ModelProto, changes: list[str] | None = None) -> onnx.ModelProto:
+    """The canonical copy of ``model``; rewrites that keep the op counts are described into ``changes``."""
     model = _copy(model)
+    changes = changes if changes is not None else []
     _name_nodes(model.graph)
     _global_pools(model.graph)
     _flatten_after_pool(model.graph)
+    changes += [f"Gemm {name}: weight (in, out) -> (out, in), transB=1" for name in _gemm_weights_out_by_in(model.graph)]
     _remove_dead_nodes(model.graph)
     _name_tensors(model.graph)
     for node in model.graph.node:
@@ -156,6 +162,28 @@ def _flatten_after_pool(graph: onnx.GraphProto) -> None:
         del node.input[1:]
         del node.attribute[:]
         node.attribute.append(helper.make_attribute("axis", 1))
+
+
+def _gemm_weights_out_by_in(graph: onnx.GraphProto) -> list[str]:
+    done = []
+    inits = {t.name: t for t in graph.initializer}
+    readers = Counter(i for n in graph.node for i in n.input)
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits or readers[node.input[1]] != 1:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "transB" in attrs and attrs["transB"].i == 1:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if w.ndim != 2:
+            continue
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), node.input[1]))
+        if "transB" in attrs:
+            attrs["transB"].i = 1
+        else:
+            node.attribute.append(helper.make_attribute("transB", 1))
+        done.append(node.name)
+    return done
 
 
 def _remove_dead_nodes(graph: onnx.GraphProto) -> None:

@@ -45,8 +45,9 @@ class _FoldBN:
 
 
 def _canonical(model: onnx.ModelProto) -> PassOutput:
-    out = canonicalize(model)
-    return PassOutput(out, describe_change(op_counts(model), op_counts(out), "head forms"), adopt=True)
+    changes: list[str] = []
+    out = canonicalize(model, changes)
+    return PassOutput(out, describe_change(op_counts(model), op_counts(out), "head forms") + changes, adopt=True)
 
 
 def prepare_float_graph(model: onnx.ModelProto, head: HeadKind | str | None = None, verify: bool = True) -> FloatGraph:
