@@ -330,7 +330,7 @@ def test_several_outputs_are_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ NHWC
 
 
-def _tf2onnx_style(first_perm: tuple[int, ...] = (0, 3, 1, 2)) -> onnx.ModelProto:
+def _tf2onnx_style(first_perm: tuple[int, ...] = (0, 3, 1, 2), pool: str = "ReduceMean") -> onnx.ModelProto:
     """An NHWC graph as tf2onnx writes one: Transposes around the NCHW convs, a real BatchNormalization,
     an NHWC elementwise op with a (C,) constant, Keras-style global pooling over axes [1, 2], MatMul + Add, Softmax."""
     g, b = RNG.uniform(0.5, 1.5, C), RNG.normal(0, 0.3, C)
@@ -345,7 +345,7 @@ def _tf2onnx_style(first_perm: tuple[int, ...] = (0, 3, 1, 2)) -> onnx.ModelProt
              helper.make_node("Conv", ["st", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c2"], ["r2"]),
              helper.make_node("Transpose", ["r2"], ["r2t"], perm=[0, 2, 3, 1]),
-             helper.make_node("ReduceMean", ["r2t"], ["gap"], axes=[1, 2], keepdims=0),
+             helper.make_node(pool, ["r2t"], ["gap"], axes=[1, 2], keepdims=0),
              helper.make_node("MatMul", ["gap", "fc_w"], ["mm"]), helper.make_node("Add", ["mm", "fc_b"], ["fc"]),
              helper.make_node("Softmax", ["fc"], ["prob"], axis=-1)]
     inits = [const("w1", conv_w(C, 3)), const("g", g), const("b", b), const("mean", mean), const("var", var),
@@ -354,13 +354,14 @@ def _tf2onnx_style(first_perm: tuple[int, ...] = (0, 3, 1, 2)) -> onnx.ModelProt
     return model_of(nodes, inits, out_name="prob", in_shape=("N", H, H, 3), opset=17)
 
 
-def test_an_nhwc_graph_becomes_plain_nchw_with_every_transpose_absorbed(tmp_path: Path) -> None:
-    m = _tf2onnx_style()
+@pytest.mark.parametrize(("pool", "global_pool"), [("ReduceMean", "GlobalAveragePool"), ("ReduceMax", "GlobalMaxPool")])
+def test_an_nhwc_graph_becomes_plain_nchw_with_every_transpose_absorbed(tmp_path: Path, pool: str, global_pool: str) -> None:
+    m = _tf2onnx_style(pool=pool)
     assert ops(m)["Transpose"] == 4
     fg = prepared(m, tmp_path)
     got = ops(fg.model)
     assert got["Transpose"] == 0 and got["BatchNormalization"] == 0 and got["Softmax"] == 0
-    assert got == Counter({"Conv": 2, "Relu": 2, "Mul": 1, "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1})
+    assert got == Counter({"Conv": 2, "Relu": 2, "Mul": 1, global_pool: 1, "Flatten": 1, "Gemm": 1})
     assert [d.dim_value or d.dim_param for d in fg.model.graph.input[0].type.tensor_type.shape.dim] == ["N", 3, H, H]
     assert len(fg.fold.folded) == 1  # the BatchNormalization went through our verified fold, not ORT's
     assert fg.kind is HeadKind.CLASSIFIER and fg.output_name == "logits"

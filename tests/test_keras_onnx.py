@@ -184,8 +184,10 @@ def test_bundle_float_graph_gives_keras_logits_and_every_conv_is_int8(bundles, k
         runner.close()
 
 
-@pytest.mark.parametrize(("pooling", "kind", "pool_op"), [("max", "embedding", "GlobalMaxPool"), (None, "feature_map", None)])
-def test_keras_models_without_top_give_nchw_embeddings_and_feature_maps(tmp_path: Path, pooling, kind: str, pool_op) -> None:
+def test_a_keras_model_without_top_gives_an_nchw_feature_map(tmp_path: Path) -> None:
+    """include_top=False, pooling=None: Keras' NHWC feature map comes out NCHW (the pooled forms, ReduceMean and
+    ReduceMax over NHWC axes, are the hand-built graphs of test_foreign_onnx.py: one Keras export less in CI)."""
+    pooling, kind, pool_op = None, "feature_map", None
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50V2(weights=None, include_top=False, pooling=pooling, input_shape=(SIZE, SIZE, 3))
     x = np.random.default_rng(2).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
