@@ -564,3 +564,15 @@ def test_an_unknown_recorded_kind_is_a_clear_error() -> None:
 
     with pytest.raises(BundleError, match="the bundle's manifest records an unknown model kind 'detector'"):
         model_kind({"kind": "detector"})
+
+
+def test_head_contradicting_the_graph_is_one_clear_error_on_the_command_line(tmp_path: Path) -> None:
+    body, ib = _body()
+    path = save(model_of(body, ib, out_name="r"), tmp_path / "fmap.onnx")
+    r = CliRunner().invoke(cli, ["compile", "--onnx", str(path), "--head", "classifier", "--target", "cpu", "--calib",
+                                 "random", "-o", str(tmp_path / "b")])
+    assert r.exit_code != 0 and "Traceback" not in r.output and r.output.count("error:") == 1
+    assert ("error: --head classifier contradicts the graph: its output 'r' is 4-D (N, C, H, W), computed by Relu, "
+            "which makes it a feature-map model; a classifier has a 2-D output") in r.output
+    assert "fix: drop --head (or pass --head features)" in r.output
+    assert not (tmp_path / "b").exists()
