@@ -50,6 +50,7 @@ class ModelSource:
     include_top: bool = True
     pooling: str | None = None
     onnx: str | None = None
+    head: str | None = None  # --head: classifier | embedding | features (None: read from the graph)
 
     def describe(self) -> dict[str, Any]:
         if self.onnx:
@@ -91,13 +92,13 @@ class CompileResult:
 
 def float_graph_for(source: ModelSource, input_size: int) -> FloatGraph:
     if source.onnx:
-        return prepare_float_graph(load_onnx(source.onnx))
+        return prepare_float_graph(load_onnx(source.onnx), head=source.head)
     from edge_resnet.cli.options import build_from_options  # torch is imported here, not before
     from edge_resnet.graph.export import export_float_graph
 
     model, _ = build_from_options(source.name or "resnet50", source.variant, source.weights, source.num_classes,
                                   not source.include_top, source.pooling)
-    return export_float_graph(model, input_size)
+    return export_float_graph(model, input_size, head=source.head)
 
 
 def _spec_for(fg: FloatGraph, options: CompileOptions, source: ModelSource | None = None) -> PreprocessSpec:
@@ -242,7 +243,8 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
         artifact = _build(profile, backend_input, w.dir, precision, spec, labels, stats, options)
         manifest = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {**source.describe(), "output": fg.output_name,
+            "model": {**source.describe(), "output": fg.output_name, "kind": fg.kind.value,
+                      **({"canonical": fg.canon.to_dict()} if fg.canon.changed else {}),
                       "input": {"name": describe_input(fg.model).name, "shape": [None, 3, spec.input_size, spec.input_size]},
                       "bn_fold": {"folded": len(fg.fold.folded), "kept": [b for b, _ in fg.fold.kept]}},
             "precision": precision.value,

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
+from edge_resnet.cli.head_option import head_option
 from edge_resnet.cli.options import WEIGHTS_HELP
 
 
@@ -17,6 +18,7 @@ from edge_resnet.cli.options import WEIGHTS_HELP
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None, help="Any ResNet as an ONNX file instead of --model.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None,
               help="Classes of the classifier; default: a Keras file's, else 1000.")
+@head_option
 @click.option("--no-top", is_flag=True, help="Drop the classifier head (embedding or feature-map engines).")
 @click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None)
 @click.option("--target", default="cpu", show_default=True, help="Target profile name or .toml path (see `edge-resnet targets`).")
@@ -41,7 +43,7 @@ from edge_resnet.cli.options import WEIGHTS_HELP
               help="With --max-drop: rebuilds with more layers kept float before giving up.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
-def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooling, target, precision, calib,
+def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, exclude, labels_file, input_size, resize, mean, std,
              channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
@@ -61,7 +63,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
         choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
         model_name, variant, num_classes = choice.name, choice.variant, choice.num_classes
         base = checkpoint_preprocessing(weights, input_size or 224) if weights else None
-    source = ModelSource(model_name, variant, weights, num_classes or 1000, not no_top, pooling, onnx_path)
+    source = ModelSource(model_name, variant, weights, num_classes or 1000, not no_top, pooling, onnx_path, head)
     spec = make_spec(input_size, resize, mean, std, channel_order, base=base) if any(
         v is not None for v in (input_size, resize, mean, std, channel_order)) else None
     labels = tuple(Path(labels_file).read_text(encoding="utf-8").splitlines()) if labels_file else None
@@ -73,7 +75,10 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
     result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact
+    if onnx_path:
+        click.echo(f"{result.float_graph.canon}")
     click.echo(f"{result.float_graph.fold}")
+    click.echo(f"head: {result.float_graph.kind.value} (output '{result.float_graph.output_name}')")
     if result.report is not None:
         click.echo(f"{result.report}")
     click.echo(f"target {b.profile.name} ({art.backend.value}, {b.profile.device}), {art.precision.value}")

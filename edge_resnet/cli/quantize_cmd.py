@@ -5,6 +5,7 @@ import time
 import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
+from edge_resnet.cli.head_option import head_option
 
 
 @click.command()
@@ -24,11 +25,13 @@ from edge_resnet.cli.data_options import make_spec, preprocess_options
 @click.option("--exclude", multiple=True, help="Keep a layer float, by name (conv1, fc, layer4.2.conv3) or op type (Gemm).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--scales", "scales_path", type=click.Path(dir_okay=False), default=None, help="Also write per-tensor scales (JSON).")
+@head_option
 @preprocess_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: str | None, percentile: float | None,
-             fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int, scales_path: str | None, input_size: int | None,
-             resize: int | None, mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
+             fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int, scales_path: str | None,
+             head: str | None, input_size: int | None, resize: int | None, mean: tuple | None, std: tuple | None,
+             channel_order: str | None, output: str) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
     from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
@@ -41,7 +44,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     from edge_resnet.types import ActivationFormat, WeightRange
 
     start = time.perf_counter()
-    fg = prepare_float_graph(load_onnx(model_path))
+    fg = prepare_float_graph(load_onnx(model_path), head=head)
     info = describe_input(fg.model)
     spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
     data = open_dataset(calib, spec, count=calib_count, seed=seed)
@@ -54,6 +57,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     if scales_path:
         qg.save_scales(scales_path)
     q = qg.report.quantized
+    click.echo(f"{fg.canon}")
     click.echo(f"{fg.fold}")
     click.echo(f"quantized {q['Conv']} convs, {q['Add']} residual adds, {q['Gemm']} gemm, "
                f"{q['MaxPool'] + q['GlobalAveragePool'] + q['GlobalMaxPool']} pools in {fmt} "
