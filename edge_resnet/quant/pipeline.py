@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from edge_resnet.data import Dataset
+from edge_resnet.quant.bias_correction import correct_biases
 from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.qdq import QDQReport, QuantConfig, insert_qdq, required_tensors
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 # see the README of benchmarks/ for the figures behind this choice.
 DEFAULT_METHOD = CalibrationMethod.PERCENTILE
 DEFAULT_BATCH = 32
+DEFAULT_BIAS_CORRECTION = False
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class CalibrationOptions:
     percentile: float | None = None  # for the percentile method; None: its default (99.99)
     batch_size: int = DEFAULT_BATCH
     threads: int | None = None
+    bias_correction: bool = DEFAULT_BIAS_CORRECTION
 
     def params(self) -> dict[str, float]:
         if self.method is CalibrationMethod.PERCENTILE and self.percentile is not None:
@@ -47,12 +50,14 @@ class QuantizedGraph:
     options: CalibrationOptions
     config: QuantConfig
     timings: dict[str, float] = field(default_factory=dict)
+    bias_correction: dict | None = None  # what bias correction did (None: off)
 
     def save_scales(self, path: str | Path) -> None:
         """Per-tensor amax, and the (scale, zero point) written into the graph for each Q/DQ tensor."""
         data = {"method": self.options.method.value, "format": self.config.activation_format.value,
                 "amax": self.amax,
-                "quantizers": {t: {"scale": s, "zero_point": z} for t, (s, z) in self.report.quantizers.items()}}
+                "quantizers": {t: {"scale": s, "zero_point": z} for t, (s, z) in self.report.quantizers.items()},
+                "bias_correction": self.bias_correction}
         Path(path).write_text(json.dumps(data, indent=1))
 
 
@@ -61,7 +66,8 @@ def calibrate(model: onnx.ModelProto, data: Dataset, config: QuantConfig = Quant
               progress: bool = True) -> ActivationStats:
     tensors = required_tensors(model, config, formats)
     batches = (b.x for b in data.batches(options.batch_size))
-    return collect_statistics(model, tensors, batches, total_images=len(data), threads=options.threads, progress=progress)
+    return collect_statistics(model, tensors, batches, total_images=len(data), threads=options.threads, progress=progress,
+                              bias_correction=options.bias_correction)
 
 
 def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: QuantConfig = QuantConfig(),
@@ -70,9 +76,16 @@ def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: Quant
     amax = stats.amax(options.method, **options.params())
     qmodel, report = insert_qdq(model, amax, config)
     qmodel.producer_name = "edge-resnet"
+    bias_record = None
+    if options.bias_correction:
+        if stats.bias is None:
+            log.warning("bias correction is on but these statistics were collected without it: skipped")
+            bias_record = {"corrected": 0, "skipped": "statistics collected without bias correction"}
+        else:
+            bias_record = correct_biases(model, qmodel, stats.bias).to_dict()
     timings = {"calibration_s": stats.seconds, "quantize_s": time.perf_counter() - t0}
     log.debug("%s", report)
-    return QuantizedGraph(qmodel, amax, report, stats, options, config, timings)
+    return QuantizedGraph(qmodel, amax, report, stats, options, config, timings, bias_record)
 
 
 def quantize(model: onnx.ModelProto, data: Dataset, config: QuantConfig = QuantConfig(),
