@@ -140,11 +140,11 @@ def ours(float_path: Path, calib: np.ndarray, fmt: str, out_dir: Path, methods: 
                 print(f"{tag}-{method}: {exc}", file=sys.stderr)
                 continue
             name = f"{tag}-{method}" + ("" if bc is None else ("+bc" if bc else ""))
-            path = out_dir / f"{name}.onnx"
+            if method == pipeline.DEFAULT_METHOD.value and bc in (None, getattr(pipeline, "DEFAULT_BIAS_CORRECTION", None)):
+                name += " (default)"
+            path = out_dir / f"{name.split(' ')[0]}.onnx"
             save_onnx(qg.model, path)
             outs[name] = path
-            if getattr(qg, "choices", None):
-                (out_dir / f"{name}.choices.json").write_text(json.dumps(qg.choices))
     return outs
 
 
@@ -198,12 +198,19 @@ def modelopt_quantize(python: str, method: str, float_path: Path, calib_path: Pa
         raise RuntimeError(proc.stderr[-3000:])
 
 
-def peers(names: list[str], float_path: Path, calib_path: Path, out_dir: Path, modelopt_python: str | None) -> dict[str, Path]:
+def peers(names: list[str], float_path: Path, calib_path: Path, out_dir: Path, modelopt_python: str | None,
+          reuse: Path | None = None) -> dict[str, Path]:
     calib = np.load(calib_path)
     outs = {}
     for name in names:
         family, _, method = name.partition("-")
         out = out_dir / f"{name}.onnx"
+        old = reuse / f"{name}.onnx" if reuse else None
+        if old is not None and old.exists() and (reuse / "float.onnx").read_bytes() == float_path.read_bytes():
+            out.write_bytes(old.read_bytes())  # the same float graph and calibration set: the same peer output
+            outs[name] = out
+            print(f"  {name}: reused from {reuse}", flush=True)
+            continue
         t0 = time.perf_counter()
         try:
             if family == "ort":
@@ -245,39 +252,38 @@ def matrix(args: argparse.Namespace) -> None:
         print(f"\n== {case.label}: float top-1 {float_top1:.4f}, work dir {work}", flush=True)
         files: dict[str, Path] = {}
         if args.before:
-            files.update(before_rows(Path(args.before), float_path, calib_path, args.format, work))
+            for fmt in args.formats:
+                files.update(before_rows(Path(args.before), float_path, calib_path, fmt, work))
         t0 = time.perf_counter()
-        files.update(ours(float_path, np.load(calib_path), args.format, work, args.methods))
+        for fmt in args.formats:
+            files.update(ours(float_path, np.load(calib_path), fmt, work, args.methods, tag=f"ours-{fmt}"))
         print(f"  ours (stats + {len(args.methods)} methods x bias correction on/off): {time.perf_counter() - t0:.1f} s", flush=True)
-        files.update(peers([p for p in args.peers], float_path, calib_path, work, args.modelopt_python))
+        reuse = Path(args.reuse_peers) / case.label if args.reuse_peers else None
+        files.update(peers(args.peers, float_path, calib_path, work, args.modelopt_python, reuse))
         ref = run_exact(float_path, x)
         rows = []
         for name, path in files.items():
-            row = {"case": case.label, "name": name, **fidelity(ref, run_exact(path, x))}
-            choices = path.with_suffix(".choices.json")
-            if choices.exists():
-                row["choices"] = json.loads(choices.read_text())
-            rows.append(row)
+            rows.append({"case": case.label, "name": name, **fidelity(ref, run_exact(path, x))})
         print_case(case, rows, float_top1)
         results.append({"case": case.label, "float_top1": float_top1, "rows": rows})
         if args.json:
-            Path(args.json).write_text(json.dumps({"calib_count": args.calib_count, "format": args.format,
+            Path(args.json).write_text(json.dumps({"calib_count": args.calib_count, "formats": args.formats,
                                                    "executor": "onnxruntime ORT_DISABLE_ALL", "cases": results}, indent=1))
 
 
 def print_case(case: Case, rows: list[dict], float_top1: float) -> None:
     best_peer = max((r for r in rows if not r["name"].startswith(("ours", "before"))), key=lambda r: r["sqnr_db"], default=None)
     print(f"{case.label} (float top-1 {float_top1:.4f}; best peer by SQNR: {best_peer['name'] if best_peer else '-'})")
-    print(f"{'contender':<24}{'SQNR dB':>9}{'agreement':>11}{'cos mean':>10}{'cos min':>9}")
+    print(f"{'contender':<34}{'SQNR dB':>9}{'agreement':>11}{'cos mean':>10}{'cos min':>9}")
     for r in rows:
-        print(f"{r['name']:<24}{r['sqnr_db']:>9.2f}{r['agreement']:>11.4f}{r['cosine_mean']:>10.5f}{r['cosine_min']:>9.4f}")
+        print(f"{r['name']:<34}{r['sqnr_db']:>9.2f}{r['agreement']:>11.4f}{r['cosine_mean']:>10.5f}{r['cosine_min']:>9.4f}")
 
 
 def thresholds(args: argparse.Namespace) -> None:
     """Our entropy vs ModelOpt's own calibrator, tensor by tensor, on one model's S8S8 tensors."""
     import onnx
 
-    from edge_resnet.quant.calibrators import entropy
+    from edge_resnet.quant.calibrators import _kl_divergences, entropy
     from edge_resnet.quant.collect import _session, collect_statistics
     from edge_resnet.quant.qdq import QuantConfig, required_tensors
     from edge_resnet.types import ActivationFormat
@@ -307,18 +313,30 @@ def thresholds(args: argparse.Namespace) -> None:
         subprocess.run([args.modelopt_python, str(worker), str(dump), str(out), "--batch", str(batch)], check=True)
         theirs[label] = json.loads(out.read_text())
     rows = []
-    for t in tensors:
+    for i, t in enumerate(tensors):
         h = stats.hists[t]
         a = entropy(h)
         row = {"tensor": t, "signed": bool(h.min < 0), "max": h.amax, "ours": a}
         for label, res in theirs.items():
             row[f"modelopt_{label}"] = res[t]["amax"]
             row[f"bins_off_{label}"] = (a - res[t]["amax"]) / res[t]["bin_width"]
+        # how close the two minima are: KL at both thresholds on the exact 2048-bin histogram of |x|
+        exact, _ = np.histogram(np.abs(np.load(dump / f"{i}.npy")), 2048, range=(0.0, h.amax))
+        exact = exact.astype(np.float64)
+        exact[0] = exact[1]
+        bins = [int(round(v * 2048 / h.amax)) for v in (a, theirs["whole"][t]["amax"])]
+        kl = _kl_divergences(exact, np.clip(np.array(bins), 1, 2048), 128)
+        row["kl_ours"], row["kl_modelopt"] = float(kl[0]), float(kl[1])
         rows.append(row)
-    print(f"{'tensor':<44}{'signed':>7}{'max|x|':>9}{'ours':>9}{'MO whole':>10}{'bins':>7}{'MO stream':>10}{'bins':>7}")
+    print(f"{'tensor':<28}{'signed':>7}{'max|x|':>8}{'ours':>8}{'MO whole':>9}{'bins':>6}{'MO stream':>10}{'bins':>6}"
+          f"{'KL ours':>10}{'KL MO':>10}")
     for r in rows:
-        print(f"{r['tensor'][-44:]:<44}{'yes' if r['signed'] else 'no':>7}{r['max']:>9.4f}{r['ours']:>9.4f}"
-              f"{r['modelopt_whole']:>10.4f}{r['bins_off_whole']:>7.2f}{r['modelopt_streamed']:>10.4f}{r['bins_off_streamed']:>7.2f}")
+        print(f"{r['tensor'][-28:]:<28}{'yes' if r['signed'] else 'no':>7}{r['max']:>8.4f}{r['ours']:>8.4f}"
+              f"{r['modelopt_whole']:>9.4f}{r['bins_off_whole']:>6.0f}{r['modelopt_streamed']:>10.4f}{r['bins_off_streamed']:>6.0f}"
+              f"{r['kl_ours']:>10.6f}{r['kl_modelopt']:>10.6f}")
+    within = sum(abs(r["bins_off_whole"]) <= 1 for r in rows)
+    print(f"within one bin of ModelOpt (whole set): {within} of {len(rows)}; ModelOpt streamed vs whole within one bin: "
+          f"{sum(abs(r['modelopt_streamed'] - r['modelopt_whole']) <= theirs['whole'][r['tensor']]['bin_width'] for r in rows)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"case": case.label, "calib_count": args.calib_count, "rows": rows}, indent=1))
 
@@ -399,9 +417,13 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=METHODS)
     ap.add_argument("--peers", nargs="*", default=PEERS)
     ap.add_argument("--calib-count", type=int, default=512)
-    ap.add_argument("--format", default="s8s8", help="our Q/DQ format: s8s8 (TensorRT placement) or u8s8")
+    ap.add_argument("--format", default="u8s8", help="our Q/DQ format for --timing")
+    ap.add_argument("--formats", nargs="*", default=["s8s8", "u8s8"],
+                    help="our Q/DQ formats in the matrix: s8s8 (TensorRT placement, vs ModelOpt) and u8s8 (vs ORT, NNCF)")
     ap.add_argument("--before", default=None, help="a source tree whose calibrators give the 'before' rows")
     ap.add_argument("--modelopt-python", default=MODELOPT_PYTHON)
+    ap.add_argument("--reuse-peers", default=None, metavar="DIR",
+                    help="DIR/<case>/ holds peer outputs of an earlier run on the same float graph: reuse them")
     ap.add_argument("--thresholds", default=None, metavar="CASE", help="compare entropy thresholds with ModelOpt's")
     ap.add_argument("--work", default=None, help="work dir for --thresholds (reused: the ModelOpt part resumes)")
     ap.add_argument("--timing", default=None, metavar="CASE", help="time and peak memory vs ORT MinMax")
@@ -414,7 +436,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.before_worker:
         fp, cp, fmt, out = args.before_worker
-        files = ours(Path(fp), np.load(cp), fmt, Path(out), METHODS, tag="before")
+        files = ours(Path(fp), np.load(cp), fmt, Path(out), METHODS, tag=f"before-{fmt}")
         print(json.dumps({k: str(v) for k, v in files.items()}))
     elif args.timing_worker:
         timing_worker(*args.timing_worker)

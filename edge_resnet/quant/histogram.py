@@ -186,12 +186,14 @@ class StreamingHistogram:
         """Counts of |x| in ``num_bins`` equal bins over ``[0, amax]``, zeros in bin 0, and their width.
 
         This is the histogram TensorRT's and ModelOpt's calibrators build (``torch.histc(|x|, 2048,
-        0, amax)``). Each stored bin goes whole to the new bin holding its centre (the top stored
-        bin's centre taken over ``(edge, amax]``): exact where the edges coincide; elsewhere only the
-        values of the one stored bin that straddles a new edge can land on the wrong side of it, so
-        a count is off by at most the two stored bins at its edges (with ``STATS_NUM_BINS``, 1/8 to
-        1/4 of a new bin each) and an empty stretch of the tail stays empty. An all-zero histogram
-        gives every count in bin 0 and width 0.
+        0, amax)``), re-cut from the stored bins: a stored bin inside a new one goes to it whole; one
+        that straddles a new edge (at most one edge: stored bins are narrower) is split in proportion
+        to the overlap, rounded to whole values, its values taken uniform over the bin (the top one
+        ending at amax). So a count is off by at most the part of the two straddling bins at its
+        edges that lies on the wrong side (with ``STATS_NUM_BINS`` a stored bin is 1/8 to 1/4 of a
+        new one), there is no aliasing comb from the two grids, and a lone value stays in one bin:
+        the sparse tail, where the entropy search is decided, keeps its empty bins. An all-zero
+        histogram gives every count in bin 0 and width 0.
         """
         n = _check_bins(num_bins)
         out = np.zeros(n, dtype=np.int64)
@@ -200,10 +202,15 @@ class StreamingHistogram:
             out[0] = self._count
             return out, 0.0
         w = self.bin_width
-        occupied = np.flatnonzero(self._counts)
-        centres = (occupied * w + np.minimum((occupied + 1) * w, amax)) / 2.0
-        target = np.minimum((centres * (n / amax)).astype(np.int64), n - 1)
-        np.add.at(out, target, self._counts[occupied])
+        k = np.flatnonzero(self._counts)
+        counts = self._counts[k]
+        scale = n / amax
+        lo_edge, hi_edge = k * w * scale, np.minimum((k + 1) * w, amax) * scale  # in units of new bins
+        first = np.minimum(np.floor(lo_edge).astype(np.int64), n - 1)
+        share = np.clip((np.minimum(hi_edge, first + 1) - lo_edge) / (hi_edge - lo_edge), 0.0, 1.0)
+        in_first = np.rint(counts * share).astype(np.int64)
+        np.add.at(out, first, in_first)
+        np.add.at(out, np.minimum(first + 1, n - 1), counts - in_first)
         out[0] += self._zero_count
         return out, amax / n
 
