@@ -125,3 +125,39 @@ def test_bias_correction_is_recorded_in_scales_json(tmp_path, digits_r18) -> Non
     # statistics without the bias part: skipped, and said so
     plain = collect_statistics(model, required_tensors(model, config), [x], progress=False)
     assert quantize_graph(model, plain, config, CalibrationOptions(bias_correction=True)).bias_correction["corrected"] == 0
+
+
+@pytest.mark.parametrize("flag", ["--bias-correction", "--no-bias-correction"])
+def test_quantize_command_switch(tmp_path, digits_r18, flag: str) -> None:
+    from click.testing import CliRunner
+
+    from edge_resnet.cli.app import cli
+
+    model = tmp_path / "float.onnx"
+    onnx.save(digits_r18.float_graph, str(model))
+    out, scales = tmp_path / "int8.onnx", tmp_path / "scales.json"
+    r = CliRunner().invoke(cli, ["quantize", str(model), "--calib", "digits:train", "--calib-count", "32", flag,
+                                 "--scales", str(scales), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    record = json.loads(scales.read_text())["bias_correction"]
+    if flag == "--bias-correction":
+        assert record["corrected"] > 0 and "bias correction:" in r.output
+    else:
+        assert record is None
+
+
+@pytest.mark.slow
+def test_compile_records_bias_correction_in_the_manifest(tmp_path, digits_r18, cache_dir) -> None:
+    from click.testing import CliRunner
+
+    from edge_resnet.cli.app import cli
+
+    out = tmp_path / "bundle"
+    r = CliRunner().invoke(cli, ["compile", "--model", "resnet18", "--num-classes", "10", "--weights", str(digits_r18.checkpoint),
+                                 "--input-size", "32", "--resize", "32", "--target", "onnxruntime", "--calib", "digits:train",
+                                 "--calib-count", "32", "-o", str(out)], env={"EDGE_RESNET_CACHE": str(cache_dir)})
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["bias_correction"] is True and manifest["calibration"]["method"] == "mse"
+    assert manifest["quantization"]["bias_correction"]["corrected"] > 0
+    assert json.loads((out / "scales.json").read_text())["bias_correction"]["corrected"] > 0

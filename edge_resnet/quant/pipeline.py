@@ -43,6 +43,10 @@ class CalibrationOptions:
     threads: int | None = None
     bias_correction: bool = DEFAULT_BIAS_CORRECTION
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, CalibrationMethod):  # a method name
+            object.__setattr__(self, "method", CalibrationMethod(str(self.method).strip().lower()))
+
     def params(self) -> dict[str, float]:
         if self.method is CalibrationMethod.PERCENTILE and self.percentile is not None:
             return {"percentile": self.percentile}
