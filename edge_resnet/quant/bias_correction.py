@@ -89,19 +89,22 @@ class ChannelHistogram:
             e = self.exponent
         self._grow_to(e)
         inv = np.float32(math.ldexp(1.0, -e)) if -e <= 127 else np.float64(math.ldexp(1.0, -e))
-        base = (np.arange(c, dtype=np.intp) * (2 * self.num_bins))[None, :, None]
-        total = np.zeros(c * 2 * self.num_bins, dtype=np.int64)
+        nb = self.num_bins
+        # per channel 2 x (nb + 1) slots: [negatives: zeros slot, bins 1..nb | positives: the same]
+        base = (np.arange(c, dtype=np.intp) * (2 * nb + 2))[None, :, None]
+        total = np.zeros(c * (2 * nb + 2), dtype=np.int64)
         step = max(1, _CHUNK // max(per_image[0].size, 1))  # images per chunk: small index arrays
         for start in range(0, n, step):
             part = per_image[start:start + step]
-            nz = part != 0
-            idx = np.ceil(np.abs(part) * inv).astype(np.intp)
-            idx -= 1  # bin k holds |x| in (k w, (k+1) w]
-            np.clip(idx, 0, self.num_bins - 1, out=idx)
+            f = np.abs(part)
+            f *= inv
+            np.ceil(f, out=f)  # bin k (1-based) holds |x| in ((k-1) w, k w]; exact zeros give 0
+            idx = f.astype(np.intp)
+            idx += (part > 0) * (nb + 1)
             idx += base
-            idx += (part > 0) * self.num_bins
-            total += np.bincount(idx[nz], minlength=total.size)
-        self.counts += total.reshape(c, 2, self.num_bins)
+            total += np.bincount(idx.reshape(-1), minlength=total.size)
+        slots = total.reshape(c, 2, nb + 1)
+        self.counts += slots[:, :, 1:]  # zeros (slot 0) quantize exactly: not counted
 
     def _grow_to(self, exponent: int) -> None:
         if self.exponent is None:
@@ -186,15 +189,17 @@ class WindowMean:
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = g.kernel, g.strides, g.pads, g.dilations
         oh, ow = g.out_size(h, w)
-        padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(g.pads) else x
-        ones = np.pad(np.ones((h, w), np.float32), ((pt, pb), (pl, pr))) if any(g.pads) else np.ones((h, w), np.float32)
+        # sum over the batch first (one pass over the data); the taps then slice the small (C, H, W) sum
+        total = x.sum(axis=0, dtype=np.float64)
+        padded = np.pad(total, ((0, 0), (pt, pb), (pl, pr))) if any(g.pads) else total
+        ones = np.pad(np.ones((h, w)), ((pt, pb), (pl, pr))) if any(g.pads) else np.ones((h, w))
         sums = np.empty((c, kh, kw))
         inside = np.empty((kh, kw))
         for i in range(kh):
             for j in range(kw):
                 rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
                 cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-                sums[:, i, j] = padded[:, :, rows, cols].sum(axis=(0, 2, 3), dtype=np.float64)
+                sums[:, i, j] = padded[:, rows, cols].sum(axis=(1, 2))
                 inside[i, j] = ones[rows, cols].sum()
         if self.sums is None:
             self.sums, self.inside = sums, inside * n
