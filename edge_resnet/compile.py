@@ -159,11 +159,13 @@ def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, 
     if options.calib == RANDOM_CALIB:
         log.warning("calibrating on random inputs: this bundle is for latency measurements only, not accuracy")
         stats = collect_statistics(fg.model, tensors, _random_batches(spec, options.calib_count, options.seed, bs),
-                                   total_images=options.calib_count, progress=options.progress)
+                                   total_images=options.calib_count, progress=options.progress,
+                                   bias_correction=options.calibration.bias_correction)
         return stats, {"source": RANDOM_CALIB, "random": True, "count": options.calib_count, "seed": options.seed}
     data = open_dataset(options.calib, spec, count=options.calib_count, seed=options.seed)
     stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
-                               threads=options.calibration.threads, progress=options.progress)
+                               threads=options.calibration.threads, progress=options.progress,
+                               bias_correction=options.calibration.bias_correction)
     record = {"source": options.calib, "random": False, "count": stats.images, "seed": options.seed,
               "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
     return stats, record
@@ -231,7 +233,8 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
             graphs["int8"] = INT8_ONNX
             extra["quantization"] = {"format": profile.activation_format.value, "quantized": dict(qgraph.report.quantized),
                                      "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude),
-                                     "weight_range": qgraph.config.weight_range.value}
+                                     "weight_range": qgraph.config.weight_range.value,
+                                     "bias_correction": qgraph.bias_correction}
         elif stats is not None:  # implicit TensorRT: scales for the calibration cache
             amax = stats.amax(options.calibration.method, **options.calibration.params())
             _write_scales(w.dir / SCALES, amax, options.calibration.method)

@@ -30,6 +30,8 @@ from edge_resnet.cli.options import WEIGHTS_HELP
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None)
 @click.option("--percentile", type=click.FloatRange(50, 100), default=None)
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="Correct each layer's mean output shift from the calibration set (default: as measured in benchmarks/).")
 @click.option("--exclude", multiple=True, help="Keep a layer float (name or op type); repeatable.")
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Class names, one per line (default: class folders of --calib when they match).")
@@ -44,12 +46,12 @@ from edge_resnet.cli.options import WEIGHTS_HELP
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
 def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
-             calib_count, seed, method, percentile, exclude, labels_file, input_size, resize, mean, std,
+             calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
              channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
-    from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.types import Precision
     from edge_resnet.validate.budget import DriftBudget
 
@@ -69,7 +71,8 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
     labels = tuple(Path(labels_file).read_text(encoding="utf-8").splitlines()) if labels_file else None
     options = CompileOptions(
         target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,
-        calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile),
+        calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile,
+                                       bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction),
         exclude=tuple(exclude), spec=spec, labels=labels, force=force,
         budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None)
     result = compile_bundle(source, options, output, input_size=input_size or 224)

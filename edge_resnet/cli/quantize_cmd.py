@@ -16,6 +16,8 @@ from edge_resnet.cli.head_option import head_option
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None,
               help="Calibrator (default: the best measured in benchmarks/).")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=None, help="For --method percentile (default 99.99).")
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="Correct each layer's mean output shift from the calibration set (default: as measured in benchmarks/).")
 @click.option("--format", "fmt", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
               help="s8s8: TensorRT / OpenVINO; u8s8: ONNX Runtime on x86.")
 @click.option("--weight-range", type=click.Choice(["full", "reduced", "auto"]), default=None,
@@ -29,15 +31,15 @@ from edge_resnet.cli.head_option import head_option
 @preprocess_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
 def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: str | None, percentile: float | None,
-             fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int, scales_path: str | None,
-             head: str | None, input_size: int | None, resize: int | None, mean: tuple | None, std: tuple | None,
-             channel_order: str | None, output: str) -> None:
+             bias_correction: bool | None, fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int,
+             scales_path: str | None, head: str | None, input_size: int | None, resize: int | None,
+             mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
     from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
     from edge_resnet.quant.calibrators import CalibrationMethod
-    from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.quant.pipeline import quantize as run
     from edge_resnet.quant.qdq import QuantConfig
     from edge_resnet.targets import resolve_weight_range_choice
@@ -48,7 +50,8 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     info = describe_input(fg.model)
     spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
     data = open_dataset(calib, spec, count=calib_count, seed=seed)
-    options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size)
+    options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size,
+                                 bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction)
     fmt_enum = ActivationFormat(fmt)
     default_range = WeightRange.AUTO if fmt_enum is ActivationFormat.U8S8 else WeightRange.FULL
     wr = resolve_weight_range_choice(WeightRange(weight_range) if weight_range else default_range)
@@ -62,6 +65,8 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     click.echo(f"quantized {q['Conv']} convs, {q['Add']} residual adds, {q['Gemm']} gemm, "
                f"{q['MaxPool'] + q['GlobalAveragePool'] + q['GlobalMaxPool']} pools in {fmt} "
                f"with {options.method.value} on {len(data)} images, {wr.value}-range weights")
+    if qg.bias_correction is not None:
+        click.echo(f"bias correction: {qg.bias_correction['corrected']} layers corrected")
     if qg.report.kept_float:
         click.echo(f"kept float: {', '.join(qg.report.kept_float)}")
     click.echo(f"time: calibration {qg.timings['calibration_s']:.1f} s, total {time.perf_counter() - start:.1f} s")
