@@ -17,6 +17,7 @@ import onnx
 from edge_resnet.backends.base import Artifact, get_backend
 from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
 from edge_resnet.data import PreprocessSpec, open_dataset
+from edge_resnet.data.recipes import calibration_sample
 from edge_resnet.errors import DataError, EdgeResnetError, QuantizationError
 from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
 from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
@@ -66,8 +67,8 @@ class CompileOptions:
     target: str = "cpu"
     precision: Precision = Precision.INT8
     calib: str | None = None
-    calib_count: int = 512
-    seed: int = 0
+    calib_count: int | None = None  # None: the recipe's, else DEFAULT_CALIB_COUNT
+    seed: int | None = None  # None: the recipe's, else DEFAULT_SEED
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     exclude: tuple[str, ...] = ()
     spec: PreprocessSpec | None = None  # None: the ImageNet convention at the model's input size
@@ -156,17 +157,18 @@ def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, 
     config = QuantConfig(profile.activation_format, options.exclude)
     tensors = reusable_tensors(fg, profile) if reusable else _calibration_tensors(fg, profile, config)
     bs = options.calibration.batch_size
+    sample = calibration_sample(options.calib, options.calib_count, options.seed)
     if options.calib == RANDOM_CALIB:
         log.warning("calibrating on random inputs: this bundle is for latency measurements only, not accuracy")
-        stats = collect_statistics(fg.model, tensors, _random_batches(spec, options.calib_count, options.seed, bs),
-                                   total_images=options.calib_count, progress=options.progress,
+        stats = collect_statistics(fg.model, tensors, _random_batches(spec, sample.count, sample.seed, bs),
+                                   total_images=sample.count, progress=options.progress,
                                    bias_correction=options.calibration.bias_correction)
-        return stats, {"source": RANDOM_CALIB, "random": True, "count": options.calib_count, "seed": options.seed}
-    data = open_dataset(options.calib, spec, count=options.calib_count, seed=options.seed)
+        return stats, {"source": RANDOM_CALIB, "random": True, "count": sample.count, "seed": sample.seed}
+    data = open_dataset(sample.source, spec, count=sample.count, seed=sample.seed, stride=sample.stride)
     stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
                                threads=options.calibration.threads, progress=options.progress,
                                bias_correction=options.calibration.bias_correction)
-    record = {"source": options.calib, "random": False, "count": stats.images, "seed": options.seed,
+    record = {"source": sample.source, **sample.record(), "random": False, "count": stats.images, "seed": sample.seed,
               "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
     return stats, record
 

@@ -26,8 +26,9 @@ from edge_resnet.cli.options import WEIGHTS_HELP
 @click.option("--fp16", "precision", flag_value="fp16", help="FP16 build (a baseline).")
 @click.option("--fp32", "precision", flag_value="fp32", help="FP32 build (a baseline).")
 @click.option("--calib", default=None, help="Calibration data (required for --int8); 'random' for latency-only builds.")
-@click.option("--calib-count", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calib-count", type=click.IntRange(min=1), default=None,
+              help="Images to calibrate on (default: the recipe's, else 512).")
+@click.option("--seed", type=int, default=None, help="Seed of the calibration sample (default: the recipe's, else 0).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None)
 @click.option("--percentile", type=click.FloatRange(50, 100), default=None)
 @click.option("--bias-correction/--no-bias-correction", default=None,

@@ -11,8 +11,9 @@ from edge_resnet.cli.head_option import head_option
 @click.command()
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--calib", required=True, help="Calibration data: image folder, list .txt, .npy/.npz, video, digits:train.")
-@click.option("--calib-count", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--calib-count", type=click.IntRange(min=1), default=None,
+              help="Images to calibrate on (default: the recipe's, else 512).")
+@click.option("--seed", type=int, default=None, help="Seed of the calibration sample (default: the recipe's, else 0).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None,
               help="Calibrator (default: the best measured in benchmarks/).")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=None, help="For --method percentile (default 99.99).")
@@ -36,6 +37,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
              mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
+    from edge_resnet.data.recipes import calibration_sample
     from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
     from edge_resnet.quant.calibrators import CalibrationMethod
@@ -49,7 +51,8 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     fg = prepare_float_graph(load_onnx(model_path), head=head)
     info = describe_input(fg.model)
     spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
-    data = open_dataset(calib, spec, count=calib_count, seed=seed)
+    sample = calibration_sample(calib, calib_count, seed)
+    data = open_dataset(sample.source, spec, count=sample.count, seed=sample.seed, stride=sample.stride)
     options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size,
                                  bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction)
     fmt_enum = ActivationFormat(fmt)
