@@ -45,7 +45,8 @@ from edge_resnet.cli.options import WEIGHTS_HELP
 @click.option("--max-rebuilds", type=click.IntRange(min=0), default=8, show_default=True,
               help="With --max-drop: rebuilds with more layers kept float before giving up.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Bundle directory to write (default: MODEL-TARGET here, e.g. resnet50-jetson).")
 def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
              channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
@@ -76,6 +77,8 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
                                        bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction),
         exclude=tuple(exclude), spec=spec, labels=labels, force=force,
         budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None)
+    if output is None:  # the one-line command of the README names no output
+        output = f"{Path(onnx_path).stem if onnx_path else model_name}-{Path(target).stem}"
     result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact
