@@ -17,13 +17,13 @@ import re
 import shlex
 import shutil
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from edge_resnet.cli.app import cli
