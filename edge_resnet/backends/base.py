@@ -62,6 +62,8 @@ class Runner(ABC):
 class Backend(ABC):
     name: BackendName
     library: str  # the Python module the backend needs, e.g. "openvino"
+    # the keyword options ``load`` takes; others are refused (None: not declared, nothing checked)
+    load_options: frozenset[str] | None = None
 
     def available(self) -> bool:
         """True when the backend's library can be imported here (without importing it)."""
