@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from edge_resnet.cli.data_options import MAX_INPUT_SIZE
+
 F = Callable[..., Any]
 
 
@@ -22,10 +24,30 @@ def model_options(f: F) -> F:
         click.option("--no-top", is_flag=True, help="Drop the classifier head (Keras include_top=False)."),
         click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None,
                      help="With --no-top: avg/max give an embedding, none the last feature map."),
-        click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True),
+        click.option("--input-size", type=click.IntRange(min=32, max=MAX_INPUT_SIZE), default=224, show_default=True),
     ]):
         f = opt(f)
     return f
+
+
+def finite_points(ctx: click.Context | None, param: click.Parameter | None, value: float | None) -> float | None:
+    """A drift budget in points: a finite number >= 0 (click's float type takes nan and inf)."""
+    import math
+
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"{value} is not a drift budget: use a finite number of points >= 0, e.g. 0.5")
+    return value
+
+
+def check_head_options(no_top: bool, pooling: str | None) -> None:
+    """--pooling shapes the output of a model without its classifier; with the classifier it would be ignored."""
+    from edge_resnet.errors import ModelError
+
+    if pooling is not None and not no_top:
+        raise ModelError(f"--pooling {pooling} applies to a model without its classifier, and --no-top is not given "
+                         "(a classifier always average-pools before its fc layer)",
+                         f"add --no-top for an embedding or feature-map model (--no-top --pooling {pooling}), "
+                         "or drop --pooling")
 
 
 def build_from_options(model_name: str, variant: str | None, weights: str | None, num_classes: int,
@@ -33,6 +55,7 @@ def build_from_options(model_name: str, variant: str | None, weights: str | None
     """Build the model the options describe, with weights loaded; returns (model, weights sha256)."""
     from edge_resnet.models import build_model, load_weights
 
+    check_head_options(no_top, pooling)
     model = build_model(model_name, variant=variant, num_classes=num_classes, include_top=not no_top,
                         pooling=pooling if no_top else None)
     digest = load_weights(model, weights) if weights else None

@@ -27,24 +27,33 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
              resize: int | None, mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
-    from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
+    from edge_resnet.graph.load import load_onnx, require_image_input, save_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
+    from edge_resnet.outputs import atomic_path, check_distinct, check_output, writing
     from edge_resnet.quant.calibrators import CalibrationMethod
+    from edge_resnet.quant.exclude import check_exclude
     from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.quant.pipeline import quantize as run
     from edge_resnet.quant.qdq import QuantConfig
     from edge_resnet.types import ActivationFormat
 
     start = time.perf_counter()
+    inputs = {"MODEL.onnx": model_path, "--calib": calib}
+    check_distinct({"-o": output, "--scales": scales_path})
+    check_output(output, "-o", inputs=inputs)
+    check_output(scales_path, "--scales", inputs=inputs)
     fg = prepare_float_graph(load_onnx(model_path))
-    info = describe_input(fg.model)
+    info = require_image_input(fg.model, model_path)
+    check_exclude(fg.model, exclude)
     spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
     data = open_dataset(calib, spec, count=calib_count, seed=seed)
     options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size)
     qg = run(fg.model, data, QuantConfig(ActivationFormat(fmt), tuple(exclude)), options)
-    save_onnx(qg.model, output)
+    with writing(output):
+        save_onnx(qg.model, output)
     if scales_path:
-        qg.save_scales(scales_path)
+        with atomic_path(scales_path) as tmp:
+            qg.save_scales(tmp)
     q = qg.report.quantized
     click.echo(f"{fg.fold}")
     click.echo(f"quantized {q['Conv']} convs, {q['Add']} residual adds, {q['Gemm']} gemm, "
