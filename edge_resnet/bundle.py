@@ -311,7 +311,7 @@ class Bundle:
 
     def load_runner(self, **options: Any):
         """Load the bundle's artifact with its backend: a Runner with ``infer(batch)``."""
-        from edge_resnet.backends.base import get_backend
+        from edge_resnet.backends.base import COMMON_LOAD_OPTIONS, get_backend
 
         art = self.artifact
         if not art.info.get("runnable", True):
@@ -321,13 +321,13 @@ class Bundle:
                 art.info.get("how_to_build", "build it on the target device"),
             )
         backend = get_backend(art.backend)
-        allowed = backend.load_options
+        allowed = None if backend.load_options is None else COMMON_LOAD_OPTIONS | backend.load_options
         unknown = sorted(set(options) - allowed) if allowed is not None else []
         if unknown:
             from edge_resnet.errors import BackendError
 
             raise BackendError(f"unknown load option(s) {', '.join(unknown)} for the {art.backend.value} backend",
-                               f"use {', '.join(sorted(allowed)) or 'no options'} (or none)")
+                               f"use {', '.join(sorted(allowed))} (or none)")
         for role, rel in art.files.items():
             self.file(rel, f"artifact file {role}")
         return backend.load(self.path, art, **options)

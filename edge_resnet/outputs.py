@@ -46,9 +46,9 @@ WRITE_ERRNOS = frozenset(_FIXES)
 
 def write_error(exc: OSError, what: str) -> OutputError:
     """``exc`` (from writing ``what``) as one message with a fix."""
-    where = exc.filename or what
     reason = exc.strerror or str(exc)
-    return OutputError(f"cannot write {what}: {reason} ({where})", _FIXES.get(exc.errno or 0, "check the output path"))
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != what else ""
+    return OutputError(f"cannot write {what}: {reason}{where}", _FIXES.get(exc.errno or 0, "check the output path"))
 
 
 @contextmanager
@@ -125,7 +125,8 @@ def check_output(path: str | os.PathLike[str] | None, option: str, *,
         if bundle.is_dir() and is_within(out, bundle):
             raise OutputError(f"{option} {out} is inside the bundle {name} {value}, which is being read: a bundle is "
                               "never modified (its manifest lists and hashes every file)",
-                              f"write {option} outside the bundle, e.g. next to it: {bundle.parent / out.name}")
+                              f"write {option} outside the bundle, e.g. next to it: "
+                              f"{bundle.with_name(bundle.name + '.' + out.name)}")
     check_writable_location(out, option)
     return out
 

@@ -255,7 +255,7 @@ def session_options(ort: ModuleType, threads: int | None) -> Any:
 class OnnxRuntimeBackend(Backend):
     name = BackendName.ONNXRUNTIME
     library = "onnxruntime"
-    load_options = frozenset({"threads"})
+    load_options = frozenset()  # threads (intra-op); a performance hint is ignored
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """Copy the model into ``out_dir`` and save ORT's portable optimized graph next to it, for inspection."""

@@ -480,7 +480,7 @@ def read_ir(core: Any, xml: Path, bin_path: Path) -> Any:
 class OpenVINOBackend(Backend):
     name = BackendName.OPENVINO
     library = "openvino"
-    load_options = frozenset({"threads", "hint", "inference_precision"})
+    load_options = frozenset({"inference_precision"})
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present.

@@ -603,9 +603,10 @@ def check_batches(target: Target, batches: tuple[int, ...]) -> None:
     over = [b for b in batches if b > profile.batch.max]
     if over:
         raise EdgeResnetError(
-            f"batch size {', '.join(map(str, over))} is above the largest batch of the bundle's target profile "
-            f"{profile.name} ({profile.batch.min}..{profile.batch.max}): its artifact cannot run it as one inference",
-            f"use --batch sizes up to {profile.batch.max}, or compile for a profile with a larger batch range")
+            f"batch {', '.join(map(str, over))} is above the bundle's largest batch {profile.batch.max} (its target "
+            f"profile {profile.name} takes {profile.batch.min}..{profile.batch.max}): it would be measured as several "
+            "smaller inferences", f"pass --batch sizes up to {profile.batch.max}, or compile for a profile with a "
+            "larger batch range")
 
 
 def benchmark(path: str | Path, options: BenchOptions = BenchOptions(), clock: Clock = time.perf_counter,

@@ -31,11 +31,12 @@ def model_options(f: F) -> F:
 
 
 def finite_points(ctx: click.Context | None, param: click.Parameter | None, value: float | None) -> float | None:
-    """A drift budget in points: a finite number >= 0 (click's float type takes nan and inf)."""
+    """A drift budget in points: a finite number (click's float type takes nan and inf); what a negative
+    one means is the command's to say."""
     import math
 
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise click.BadParameter(f"{value} is not a drift budget: use a finite number of points >= 0, e.g. 0.5")
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a drift budget: use a finite number of points, e.g. 0.5")
     return value
 
 

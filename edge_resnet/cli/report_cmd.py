@@ -47,7 +47,7 @@ def check_validation_json(data: dict[str, Any], path: str) -> None:
     if "results" in data and "metrics" not in data:
         raise _shape_error("a validation", path, "it looks like the output of edge-resnet bench --json (pass it with "
                            "--bench)", by)
-    for key, types in (("bundle", (str,)), ("metrics", (dict,)), ("data", (dict,))):
+    for key, types in (("metrics", (dict,)), ("data", (dict,)), ("bundle", (str,))):
         if not isinstance(data.get(key), types):
             raise _shape_error("a validation", path, f"'{key}' is missing or of the wrong type", by)
     bad = [k for k, v in data["metrics"].items() if not _is_number(v)]
