@@ -26,9 +26,13 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 _SHOW = 5  # how many of each kind of mismatch to list
 
 
-# what torch's weights_only unpickler says when a file references a Python global (a pickled object):
-# "Weights only load failed", "Unsupported global: GLOBAL x.y", torch 2.13's "unsupported GLOBAL posix.system"
-_PICKLE_REFUSALS = ("weights only load failed", "unsupported global")
+# what torch's weights_only unpickler (torch/_weights_only_unpickler.py) says when a file references Python
+# classes or functions: "Unsupported global: GLOBAL x.y", "Trying to load unsupported GLOBAL posix.system",
+# "Trying to call reduce for unrecognized function", "... classes allowlisted via `add_safe_globals`"; any
+# UnpicklingError is also wrapped in "Weights only load failed", garbage bytes included
+_PICKLE_REFUSALS = ("unsupported global", "unrecognized function", "add_safe_globals")
+_TORCH_ADVICE = re.compile(r"weights_only|safe_globals|weights only load failed|trusted source|documentation of "
+                           r"torch\.load", re.IGNORECASE)
 # first bytes of checkpoint formats torch.load does not read -> what they are (readers plug in here)
 _OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 / .weights.h5 model)"),
@@ -72,10 +76,9 @@ def _other_format(path: Path) -> str | None:
 
 def _torch_reason(exc: BaseException) -> str:
     """torch's message without its advice to load with weights_only=False (never to be followed here)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    sentences = [s for s in text.replace("(1)", ". ").replace("(2)", ". ").split(". ")
-                 if "weights_only" not in s and "safe_globals" not in s and "add_safe_globals" not in s]
-    return (". ".join(sentences).strip() or type(exc).__name__)[:200]
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n|\n\t", str(exc))]
+    kept = [p for p in paragraphs if p and not _TORCH_ADVICE.search(p)]
+    return (kept[0] if kept else type(exc).__name__)[:200]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -98,13 +101,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        text = f"{type(exc).__name__} {exc}".lower()
-        if isinstance(exc, pickle.UnpicklingError) or any(s in text for s in _PICKLE_REFUSALS):
+        text = str(exc).lower()  # an UnpicklingError alone may be garbage bytes ("invalid load key")
+        if isinstance(exc, pickle.UnpicklingError) and any(s in text for s in _PICKLE_REFUSALS):
             found = re.search(r"GLOBAL\s+([\w.]+)", str(exc), re.IGNORECASE)
             what = f", e.g. {found.group(1)}" if found else ""
             raise CheckpointError(  # never repeat torch's hint to pass weights_only=False
                 f"checkpoint {path} contains pickled Python objects (classes or functions{what}, not only tensors), "
-                "which edge-resnet never unpickles: unpickling runs code from the file",
+                "which are never unpickled: unpickling runs code from the file",
                 "save the weights alone: torch.save(model.state_dict(), 'ckpt.pth'), in the environment that "
                 "trained the model",
             ) from None
@@ -204,11 +207,24 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     mm = compare(model, sd)
     if mm:
         raise CheckpointError(_describe(path, mm, sd), _hint(sd))
+    check_finite_weights(sd, path)
     model.load_state_dict(sd, strict=False)  # strict except num_batches_tracked, checked above
     log.info("loaded %d tensors from %s", len(sd), path)
     from edge_resnet.bundle import sha256_file
 
     return sha256_file(path)
+
+
+def check_finite_weights(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """CheckpointError when floating tensors of ``sd`` hold NaN or +-inf: refused here, before a model is
+    built and exported from them (the exported graph is checked again, for --onnx inputs too)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - _SHOW} more)" if len(bad) > _SHOW else ""
+        raise CheckpointError(f"checkpoint {path} has NaN or infinite weights in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:_SHOW])}{more}",
+                              "fix the checkpoint (a diverged training run, or BatchNorm statistics saved as NaN) "
+                              "or save it again from good weights")
 
 
 def _describe(path: Path, mm: Mismatch, sd: Mapping[str, torch.Tensor]) -> str:
