@@ -9,7 +9,7 @@ import logging
 import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,9 +29,6 @@ from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantiz
 from edge_resnet.quant.qdq import QuantConfig, activation_scale, required_tensors
 from edge_resnet.targets import TargetProfile, get_target, resolve_weight_range
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
-
-if TYPE_CHECKING:
-    from edge_resnet.validate.budget import DriftBudget
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +78,6 @@ class CompileOptions:
     progress: bool = True
     # other files the build reads (role, path), e.g. ("--labels", "names.txt"): -o must not hold them
     extra_inputs: tuple[tuple[str, str], ...] = ()
-    budget: DriftBudget | None = None  # validate after building; keep layers float until the drift fits
 
 
 @dataclass
@@ -106,8 +102,8 @@ def float_graph_for(source: ModelSource, input_size: int) -> FloatGraph:
         require_image_input(fg.model, source.onnx)
         check_finite(fg.model, f"--onnx {source.onnx}", input_size)
         return fg
-    from edge_resnet.cli.options import build_from_options  # torch is imported here, not before
     from edge_resnet.graph.export import export_float_graph
+    from edge_resnet.models.from_weights import build_from_options  # torch is imported here, not before
 
     model, _ = build_from_options(source.name or "resnet50", source.variant, source.weights, source.num_classes,
                                   not source.include_top, source.pooling)
@@ -149,7 +145,7 @@ def _spec_for(fg: FloatGraph, options: CompileOptions, input_size: int = 224,
 def compile_inputs(source: ModelSource, options: CompileOptions) -> dict[str, str]:
     """The files and folders a build reads, by option: the output must not hold any of them."""
     inputs = {"--weights": source.weights, "--onnx": source.onnx, "--calib": options.calib,
-              "--val": options.budget.val if options.budget is not None else None, **dict(options.extra_inputs)}
+              **dict(options.extra_inputs)}
     return {k: str(v) for k, v in inputs.items() if v and Path(str(v)).expanduser().exists()}
 
 
@@ -243,16 +239,12 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
                    input_size: int = 224, *, float_graph: FloatGraph | None = None,
                    stats: ActivationStats | None = None, calibration: dict[str, Any] | None = None,
                    reusable_stats: bool = False) -> CompileResult:
-    """Build one bundle. With ``options.budget``: see :func:`edge_resnet.validate.budget.compile_with_budget`.
+    """Build one bundle (a drift budget is one level up: :func:`edge_resnet.budget.compile_with_budget`).
 
     For rebuilds of the same model: ``float_graph`` skips the export, ``stats`` (with its ``calibration``
     record, both from a previous CompileResult) skips calibration; ``reusable_stats`` calibrates every tensor any ``exclude``
     list may need, so those stats can be reused with other exclusions.
     """
-    if options.budget is not None:
-        from edge_resnet.validate.budget import compile_with_budget
-
-        return compile_with_budget(source, options, out_dir, input_size)
     profile = get_target(options.target)
     # fails fast: an output that exists, holds an input, or cannot be written
     writer = BundleWriter(out_dir, force=options.force, inputs=compile_inputs(source, options))

@@ -19,11 +19,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from edge_resnet.budget import DriftBudget, compile_with_budget, step_sizes
 from edge_resnet.bundle import load_bundle
 from edge_resnet.cli.app import cli
-from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
+from edge_resnet.compile import CompileOptions, ModelSource
 from edge_resnet.errors import BudgetExceeded, BundleError
-from edge_resnet.validate.budget import DriftBudget, step_sizes
 
 BLOCK, CONSUMER = "layer3.0", "layer3.0.conv2"
 SCALE, CHANNELS = 1000.0, 4
@@ -146,9 +146,10 @@ def test_budget_not_met_within_the_rebuilds_writes_nothing(outlier_ckpt, tmp_pat
     from edge_resnet.train import DigitsRecipe
 
     opts = CompileOptions(target="cpu", calib="digits:train", calib_count=128, spec=DigitsRecipe().spec(),
-                          progress=False, budget=DriftBudget(1.0, "digits:test", val_count=200, max_rebuilds=0))
+                          progress=False)
+    budget = DriftBudget(1.0, "digits:test", val_count=200, max_rebuilds=0)
     with pytest.raises(BudgetExceeded, match=r"over the budget of 1.00.*within 0 rebuilds.*no bundle was written") as e:
-        compile_bundle(source, opts, tmp_path / "b", input_size=32)
+        compile_with_budget(source, opts, budget, tmp_path / "b", input_size=32)
     assert e.value.exit_code == 3 and "--max-rebuilds" in e.value.fix
     assert list(tmp_path.iterdir()) == []  # neither the bundle nor a staging directory
 
@@ -164,9 +165,10 @@ def test_budget_needs_val_data_and_a_free_output(tmp_path):
     r = _compile(["--target", "cpu", "--max-drop", "0.5", "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--max-drop and --val go together" in r.output
     (tmp_path / "b").mkdir()
-    opts = CompileOptions(target="cpu", calib="digits:train", budget=DriftBudget(0.5, "digits:test"))
+    opts = CompileOptions(target="cpu", calib="digits:train")
     with pytest.raises(BundleError, match="already exists"):
-        compile_bundle(ModelSource("resnet18", num_classes=10), opts, tmp_path / "b", input_size=32)
+        compile_with_budget(ModelSource("resnet18", num_classes=10), opts, DriftBudget(0.5, "digits:test"),
+                            tmp_path / "b", input_size=32)
 
 
 def test_step_sizes_grow_after_three_single_steps():

@@ -144,7 +144,7 @@ def test_headless_file_with_no_top_gives_keras_features(files):
     import torch
     from keras_reference import logits
 
-    from edge_resnet.cli.options import build_from_options
+    from edge_resnet.models.from_weights import build_from_options
 
     model, digest = build_from_options(None, None, str(files["headless"]), None, True, "none")
     assert model.variant.value == "v2" and not hasattr(model, "fc") and len(digest) == 64

@@ -183,7 +183,7 @@ def test_export_never_imports_keras_or_tensorflow(case, tmp_path):
     """A fresh interpreter that reads a .keras file and builds the model has not imported Keras or TF."""
     code = (
         "import sys\n"
-        "from edge_resnet.cli.options import build_from_options\n"
+        "from edge_resnet.models.from_weights import build_from_options\n"
         f"model, digest = build_from_options(None, None, {str(case.files['keras'])!r}, None, False, None)\n"
         "bad = [m for m in ('keras', 'tensorflow', 'tf_keras') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import edge_resnet.runtime as rt
 from edge_resnet.data import ChannelOrder, load_digits_split
 from edge_resnet.errors import BackendError, BundleError, DataError
-from edge_resnet.runtime.model import l2_normalize, softmax, top_k
+from edge_resnet.postprocess import l2_normalize, top_k_softmax
 from edge_resnet.runtime.sources import SourceKind, open_source
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
@@ -124,14 +124,19 @@ def threads_settle() -> int:
 # ----------------------------------------------------------------------------------------- postprocessing
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:  # the reference: float64, max-subtracted
+    e = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def test_softmax_top_k_and_l2_normalize() -> None:
     logits = np.array([[1.0, 3.0, 3.0, -2.0], [1000.0, 0.0, 0.0, 0.0]], np.float32)
     p = softmax(logits)
-    assert np.allclose(p.sum(1), 1) and np.isfinite(p).all()
-    idx, scores = top_k(p, 3)
+    idx, scores = top_k_softmax(logits, 3)
     assert idx.tolist() == [[1, 2, 0], [0, 1, 2]]  # ties: the lower class first
-    assert top_k(p, 1)[0].tolist() == [[1], [0]]
-    assert np.allclose(scores, np.take_along_axis(p, idx, 1))
+    assert top_k_softmax(logits, 1)[0].tolist() == [[1], [0]]
+    assert np.isfinite(scores).all() and np.allclose(scores, np.take_along_axis(p, idx, 1))
+    assert np.allclose(top_k_softmax(logits, 1)[1], np.take_along_axis(p, idx[:, :1], 1))
     v = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
     assert v.dtype == np.float32 and np.allclose(v, [[0.6, 0.8], [0.0, 0.0]])
 

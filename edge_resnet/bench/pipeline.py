@@ -22,6 +22,7 @@ from edge_resnet.backends.base import Runner
 from edge_resnet.bench.latency import Clock, LatencyStats, Mode, Target
 from edge_resnet.data import ChannelOrder, PreprocessSpec, open_dataset
 from edge_resnet.errors import BundleError, DataError
+from edge_resnet.postprocess import l2_normalize, top_k_softmax
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +32,18 @@ TOP_K = 5
 
 
 def softmax_topk(logits: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
-    """(top-k class indices, their probabilities) per row, best first."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    k = min(k, p.shape[1])
-    idx = np.argpartition(-p, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(p, idx, axis=1).argsort(axis=1)[:, ::-1]
-    idx = np.take_along_axis(idx, order, axis=1)
-    return idx, np.take_along_axis(p, idx, axis=1)
+    """(top-k class indices, their probabilities) per row, best first: the runtime's own."""
+    return top_k_softmax(logits, min(k, logits.shape[1]))
 
 
-def l2_normalize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = features.reshape(features.shape[0], -1)
-    return np.zeros((flat.shape[0], 0), np.int64), flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-12)
+def _embedding(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((features.shape[0], 0), np.int64), l2_normalize(features.reshape(features.shape[0], -1))
 
 
 # bundle output kind -> the postprocessing a camera application does
 POSTPROCESS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
     "logits": softmax_topk,
-    "features": l2_normalize,
+    "features": _embedding,
 }
 
 

@@ -7,7 +7,7 @@ import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
 from edge_resnet.cli.head_option import head_option
-from edge_resnet.cli.options import WEIGHTS_HELP, check_head_options, finite_points
+from edge_resnet.cli.options import WEIGHTS_HELP, finite_points
 
 
 @click.command("compile")
@@ -52,17 +52,21 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
              calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
              channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
+    from edge_resnet.budget import DriftBudget, compile_with_budget
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
     from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.types import Precision
-    from edge_resnet.validate.budget import DriftBudget
 
     if (max_drop is None) != (val_source is None):
         raise click.UsageError("--max-drop and --val go together: the budget is checked on the --val data")
 
     if onnx_path is None:
-        from edge_resnet.models.from_weights import checkpoint_preprocessing, resolve_model
+        from edge_resnet.models.from_weights import (
+            check_head_options,
+            checkpoint_preprocessing,
+            resolve_model,
+        )
 
         check_head_options(no_top, pooling)
         choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
@@ -80,11 +84,14 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
         calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile,
                                        bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction),
         exclude=tuple(exclude), spec=spec, preprocess_overrides=tuple(overrides.items()) if spec is None else (),
-        labels=labels, force=force, extra_inputs=(("--labels", labels_file),) if labels_file else (),
-        budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None)
+        labels=labels, force=force, extra_inputs=(("--labels", labels_file),) if labels_file else ())
     if output is None:  # the one-line command of the README names no output
         output = f"{Path(onnx_path).stem if onnx_path else model_name}-{Path(target).stem}"
-    result = compile_bundle(source, options, output, input_size=input_size or 224)
+    if max_drop is not None:
+        budget = DriftBudget(max_drop, val_source, val_count, max_rebuilds)
+        result = compile_with_budget(source, options, budget, output, input_size=input_size or 224)
+    else:
+        result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact
     if onnx_path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from edge_resnet.cli.head_option import head_option
-from edge_resnet.cli.options import build_from_options, model_options
+from edge_resnet.cli.options import model_options
 
 
 @click.command()
@@ -15,6 +15,7 @@ def export(model_name: str, variant: str | None, weights: str | None, num_classe
     from edge_resnet.graph.export import export_float_graph
     from edge_resnet.graph.finite import check_finite
     from edge_resnet.graph.load import save_onnx
+    from edge_resnet.models.from_weights import build_from_options
     from edge_resnet.outputs import check_output, writing
 
     check_output(output, "-o", inputs={"--weights": weights})

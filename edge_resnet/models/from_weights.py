@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_resnet.data import PreprocessSpec
-from edge_resnet.errors import CheckpointError
+from edge_resnet.errors import CheckpointError, ModelError
 from edge_resnet.models.formats import keras_architecture
 from edge_resnet.models.keras_names import KerasPreprocessing, KerasResNet
 from edge_resnet.models.registry import get_spec
@@ -79,3 +80,28 @@ def checkpoint_preprocessing(weights: str | Path | None, input_size: int = 224) 
     if arch is None:
         return PreprocessSpec(input_size=input_size, resize=resize)
     return PreprocessSpec(input_size=input_size, resize=resize, **_KERAS_SPECS[arch.preprocessing])
+
+
+def check_head_options(no_top: bool, pooling: str | None) -> None:
+    """--pooling shapes the output of a model without its classifier; with the classifier it would be ignored."""
+    if pooling is not None and not no_top:
+        raise ModelError(f"--pooling {pooling} applies to a model without its classifier, and --no-top is not given "
+                         "(a classifier always average-pools before its fc layer)",
+                         f"add --no-top for an embedding or feature-map model (--no-top --pooling {pooling}), "
+                         "or drop --pooling")
+
+
+def build_from_options(model_name: str | None, variant: str | None, weights: str | None, num_classes: int | None,
+                       no_top: bool, pooling: str | None) -> tuple[Any, str | None]:
+    """Build the model the options describe, with weights loaded; returns (model, weights sha256).
+
+    ``model_name``/``num_classes`` None: read from a Keras weights file, else resnet50 / 1000.
+    """
+    from edge_resnet.models import build_model, load_weights  # torch is imported here, not before
+
+    check_head_options(no_top, pooling)
+    choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
+    model = build_model(choice.name, variant=choice.variant, num_classes=choice.num_classes, include_top=not no_top,
+                        pooling=pooling if no_top else None)
+    digest = load_weights(model, weights) if weights else None
+    return model.eval(), digest

@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import AbstractContextManager, nullcontext
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -30,6 +29,14 @@ from PIL import Image
 from edge_resnet.bundle import Bundle, load_bundle
 from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
 from edge_resnet.errors import BundleError, DataError
+from edge_resnet.postprocess import (
+    Classification,
+    ModelKind,
+    check_top_k,
+    l2_normalize,
+    model_kind,
+    top_k_softmax,
+)
 from edge_resnet.runtime.plans import PLANS, StreamMode, ThroughputPlan
 from edge_resnet.runtime.sources import parse_order
 from edge_resnet.types import BackendName
@@ -47,85 +54,6 @@ Frames = Any
 
 # backends whose Runner.infer may be called from several threads at once
 THREAD_SAFE_BACKENDS = frozenset({BackendName.OPENVINO, BackendName.ONNXRUNTIME})
-
-
-class ModelKind(str, Enum):
-    # the values of edge_resnet.graph.head.HeadKind, as recorded in the manifest's model.kind
-    CLASSIFIER = "classifier"  # output "logits"
-    EMBEDDING = "embedding"  # output "features", pooled: (N, D)
-    FEATURE_MAP = "feature_map"  # output "features", not pooled: (N, C, H, W)
-
-
-def model_kind(model: dict[str, Any]) -> ModelKind:
-    """The kind recorded in the manifest's ``model`` section (``model.kind``; older bundles: their output name)."""
-    from edge_resnet.graph.head import manifest_kind
-
-    return ModelKind(manifest_kind(model).value)
-
-
-class Classification(NamedTuple):
-    """The top-k classes of one frame, best first. ``scores`` are softmax probabilities.
-
-    A NamedTuple (immutable, typed) rather than a dataclass: it is built once per frame, and a
-    frozen dataclass costs several times more to create.
-    """
-
-    indices: tuple[int, ...]
-    labels: tuple[str, ...]
-    scores: tuple[float, ...]
-
-    @property
-    def index(self) -> int:
-        return self.indices[0]
-
-    @property
-    def label(self) -> str:
-        return self.labels[0]
-
-    @property
-    def score(self) -> float:
-        return self.scores[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"top": [{"index": i, "label": lb, "score": s}
-                        for i, lb, s in zip(self.indices, self.labels, self.scores, strict=True)]}
-
-
-# ----------------------------------------------------------------------------------------- postprocess
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32 (max-subtracted, so large logits do not overflow)."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values), each (N, k), largest first; equal values go to the lower class index."""
-    idx = probs.argmax(axis=1)[:, None] if k == 1 else np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return idx, probs[np.arange(len(probs))[:, None], idx]
-
-
-def top_k_softmax(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``top_k(softmax(logits), k)``, ranked by the logits, in as few numpy calls as possible: right
-    after a large inference the caches are cold and every call costs several microseconds."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    total = e.sum(axis=1, keepdims=True)
-    if k == 1:  # the top entry of e is exp(0) == 1
-        return logits.argmax(axis=1)[:, None], 1.0 / total
-    idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return idx, e[np.arange(len(e))[:, None], idx] / total
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32, copy=False)
-
-
-def check_top_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise DataError(f"top_k must be a positive integer, got {k!r}", "use e.g. top_k=5")
-    return int(k)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

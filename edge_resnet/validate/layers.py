@@ -10,7 +10,7 @@ from the artifact itself.
   against the same tensor of the float graph (accumulated error up to that layer). The Q/DQ
   writer keeps node names and output tensor names, so layers are matched by node name.
 * :func:`layer_sensitivity`: for each quantizable layer, the SQNR of the model *output* when that
-  layer alone is quantized (everything else float). See :mod:`edge_resnet.validate.budget` for
+  layer alone is quantized (everything else float). See :mod:`edge_resnet.budget` for
   why this ranking and not "keep only this layer float".
 """
 

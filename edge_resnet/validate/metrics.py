@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_resnet.postprocess import top_k_indices
+
 _EPS = 1e-12
 
 
@@ -22,9 +24,7 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """(N, k) class indices of the k highest scores per row, best first (stable for ties)."""
-    scores = _rows(scores)
-    k = min(int(k), scores.shape[1])
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return top_k_indices(_rows(scores), k)
 
 
 def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

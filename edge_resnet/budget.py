@@ -1,7 +1,7 @@
 """The drift budget at compile time: build, validate, and keep the most sensitive layers float until the
 artifact's drift is within ``--max-drop`` points.
 
-    compile_bundle(source, CompileOptions(..., budget=DriftBudget(0.5, "digits:test")), out)
+    compile_with_budget(source, CompileOptions(...), DriftBudget(0.5, "digits:test"), out)
 
 The loop:
 
@@ -148,9 +148,7 @@ class CachingReference(FloatReference):
 # ------------------------------------------------------------------------------------------- checks
 
 
-def _check_request(source: ModelSource, options: CompileOptions) -> None:
-    budget = options.budget
-    assert budget is not None
+def _check_request(source: ModelSource, options: CompileOptions, budget: DriftBudget) -> None:
     if not math.isfinite(budget.max_drop):
         raise EdgeResnetError(f"a drift budget of {budget.max_drop} points is not a number of points",
                               "use a finite budget >= 0, e.g. 0.5")
@@ -212,15 +210,14 @@ def _too_far(state: _Loop, result: ValidationResult, kept: list[str], why: str, 
         f"float ({', '.join(kept) or 'none'}): {why}; no bundle was written", fix)
 
 
-def compile_with_budget(source: ModelSource, options: CompileOptions, out_dir: str | Path,
+def compile_with_budget(source: ModelSource, options: CompileOptions, budget: DriftBudget, out_dir: str | Path,
                         input_size: int = 224) -> CompileResult:
-    """Compile, validate, keep layers float until the drift fits ``options.budget``; publish atomically."""
-    _check_request(source, options)
-    budget = options.budget
-    assert budget is not None
+    """Compile, validate, keep layers float until the drift fits ``budget``; publish atomically."""
+    _check_request(source, options, budget)
+    options = replace(options, extra_inputs=(*options.extra_inputs, ("--val", budget.val)))
     # fails fast: an output that exists, holds an input, or cannot be written
     writer = BundleWriter(out_dir, force=options.force, inputs=compile_inputs(source, options))
-    base = replace(options, budget=None, force=False)
+    base = replace(options, force=False)
     writer.out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(writer.out)
     staging = make_staging_dir(writer.out, "budget")
