@@ -136,13 +136,14 @@ class Bundle:
         from edge_resnet.backends.base import get_backend
 
         art = self.artifact
-        if not art.info.get("runnable", True):
+        # a device-built artifact (artifact.device_build) is found and checked by its backend
+        if not art.info.get("runnable", True) and not art.device_build:
             raise BundleError(
                 f"the {art.backend.value} artifact in {self.path} has not been built on this machine "
                 f"({art.info.get('reason', 'prepared for another device')})",
                 art.info.get("how_to_build", "build it on the target device"),
             )
-        return get_backend(art.backend).load(self.path, art, **options)
+        return get_backend(art.backend).load(self.path, art, bundle=self, **options)
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
