@@ -516,6 +516,8 @@ def test_runner_dynamic_batch_per_api_generation(tmp_path: Path, qdq_onnx: Path,
     cuda = FakeCuda(fake, RTX)
     runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=cuda)
     x = np.random.default_rng(1).normal(size=(11, *SHAPE)).astype(np.float32)  # > max batch 8: two chunks
+    # Polygraphy's runner shape: declared input metadata, thread safety declared
+    assert runner.input_metadata == {"input": (np.dtype(np.float32), (None, *SHAPE))} and runner.thread_safe is False
     with runner:
         y = runner.infer(x)
     expected = x.reshape(11, -1).mean(axis=1, keepdims=True) * np.arange(1, NUM_CLASSES + 1)
@@ -532,6 +534,7 @@ def test_runner_pads_static_dla_engine(tmp_path: Path, float_onnx: Path) -> None
     fake, art = _compile(tmp_path, "10.3.0", ORIN_DLA, float_onnx, device=ORIN)
     runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, ORIN))
     assert fake.called("Runtime.DLA_core") == [(0,)]
+    assert runner.input_metadata["input"][1] == (2, *SHAPE)  # static
     y = runner.infer(np.ones((1, *SHAPE), np.float32))
     assert y.shape == (1, NUM_CLASSES)
     assert [a[1] for a in fake.called("IExecutionContext.set_input_shape")] == [(2, *SHAPE)]

@@ -11,6 +11,7 @@ the device, and runs it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -211,11 +212,33 @@ def _graph(path: Path) -> BundleGraph:
     return BundleGraph(path.name, sha256_path(path), summarize_onnx(path))
 
 
-def _deepstream(context: BundleContext, profile: TargetProfile, mode: QuantMode, device_build: DeviceBuild,
-                graph_role: str) -> dict[str, str]:
-    """DeepStream files: config, and for classifiers the Softmax graph and nvinfer's labels file."""
-    out, precision = context.out_dir, context.precision
+@dataclass(frozen=True)
+class _Route:
+    """How the profile's default TensorRT builds this bundle, and what the device will write."""
+
+    mode: QuantMode
+    graph_role: str  # "int8" (Q/DQ graph) or "float"
+    classifier: bool
+    device_build: DeviceBuild
+
+
+def _route(context: BundleContext) -> _Route:
+    profile, precision = context.profile, context.precision
+    opts = profile.tensorrt or TensorRTOptions()
+    mode = effective_quant_mode(generation_of(opts.default_version, profile.platform), profile, precision)
+    graph_role = "int8" if precision is Precision.INT8 and mode is QuantMode.EXPLICIT else "float"
+    if graph_role == "int8" and "int8" not in context.graphs:
+        raise BackendError(f"target {profile.name} builds INT8 from the Q/DQ graph, and compile made none",
+                           "compile with --int8 for an explicit profile")
     classifier = context.output_name == "logits" and bool(context.labels)
+    implicit_anywhere = precision is Precision.INT8 and (profile.quant_mode is QuantMode.IMPLICIT or is_dla(profile))
+    return _Route(mode, graph_role, classifier, DeviceBuild.make(implicit=implicit_anywhere, deepstream=classifier))
+
+
+def _deepstream(context: BundleContext, route: _Route) -> dict[str, str]:
+    """DeepStream files: config, and for classifiers the Softmax graph and nvinfer's labels file."""
+    out, precision, profile = context.out_dir, context.precision, context.profile
+    mode, device_build, graph_role, classifier = route.mode, route.device_build, route.graph_role, route.classifier
     int8 = precision is Precision.INT8
     implicit = int8 and mode is QuantMode.IMPLICIT
     calib = (device_build.calibration_cache if implicit else CALIBRATION_CACHE) if int8 else None
@@ -239,59 +262,59 @@ def _deepstream(context: BundleContext, profile: TargetProfile, mode: QuantMode,
     return files
 
 
-def prepare_tensorrt_bundle(backend: TensorRTBackend, context: BundleContext, *, trt: ModuleType | None = None,
-                            cuda: Any = None) -> Artifact:
+def _build_here(backend: TensorRTBackend, context: BundleContext, route: _Route, files: dict[str, str],
+                trt: ModuleType, cuda: Any) -> Artifact:
+    """The engine (and DeepStream's) built now: this machine is the target."""
     profile, precision, out = context.profile, context.precision, context.out_dir
-    opts = profile.tensorrt or TensorRTOptions()
-    version = opts.default_version
-    generation = generation_of(version, profile.platform)
-    mode = effective_quant_mode(generation, profile, precision)
-    graph_role = "int8" if precision is Precision.INT8 and mode is QuantMode.EXPLICIT else "float"
-    if graph_role == "int8" and "int8" not in context.graphs:
-        raise BackendError(f"target {profile.name} builds INT8 from the Q/DQ graph, and compile made none",
-                           "compile with --int8 for an explicit profile")
-    files: dict[str, str] = {"onnx": context.graphs[graph_role].name}
-    if precision is Precision.INT8:
-        # every generation's build may read it (implicit, the DLA route; DeepStream's int8-calib-file): the
-        # header is the profile's default TensorRT, and the device writes its own (build_engine.sh)
-        write_calibration_cache(out / CALIBRATION_CACHE, _cache_scales(context), trt_version=version)
-        files["calibration_cache"] = CALIBRATION_CACHE
-    classifier = context.output_name == "logits" and bool(context.labels)
-    implicit_anywhere = precision is Precision.INT8 and (profile.quant_mode is QuantMode.IMPLICIT or is_dla(profile))
-    device_build = DeviceBuild.make(implicit=implicit_anywhere, deepstream=classifier)
-    files.update(_deepstream(context, profile, mode, device_build, graph_role))
-    info: dict[str, Any] = {"output_name": context.output_name, "device_index": device_index(profile.device),
-                            "dla_core": opts.dla_core, "assumed_tensorrt_version": version,
-                            "tensorrt_generation": int(generation), "quant_mode": mode.value}
+    built = backend.compile(context.graphs[route.graph_role], profile, out, precision, trt=trt, cuda=cuda)
+    if route.classifier:
+        name = route.device_build.deepstream_engine or "model.deepstream.plan"
+        backend.compile(out / DEEPSTREAM_ONNX, profile, out, precision, trt=trt, cuda=cuda, engine_name=name)
+        files["deepstream_engine"] = name
+    built.files.update(files)
+    return built
 
-    trt, cuda, reason = _local_target_device(profile, trt, cuda)
-    if reason is None:
-        built = backend.compile(context.graphs[graph_role], profile, out, precision, trt=trt, cuda=cuda)
-        if classifier:
-            backend.compile(out / DEEPSTREAM_ONNX, profile, out, precision, trt=trt, cuda=cuda,
-                            engine_name=device_build.deepstream_engine or "model.deepstream.plan")
-            files["deepstream_engine"] = device_build.deepstream_engine or "model.deepstream.plan"
-        built.files.update(files)
-        built.info.update({k: v for k, v in info.items() if k not in built.info or built.info[k] is None})
-        return built
 
+def _build_on_device(context: BundleContext, route: _Route, files: dict[str, str]) -> dict[str, str]:
+    """``build_engine.sh``, with the sha256 of every graph it may read; returns the device-built file names."""
+    profile, precision, out = context.profile, context.precision, context.out_dir
     graphs = {role: _graph(path) for role, path in context.graphs.items()}
-    if classifier:
+    if route.classifier:
         graphs["deepstream"] = _graph(out / DEEPSTREAM_ONNX)
     cache = (CALIBRATION_CACHE, sha256_path(out / CALIBRATION_CACHE)) if "calibration_cache" in files else None
     dla_reason = ("DLA takes INT8 only from implicit quantization (NVIDIA/TensorRT#2222): on TensorRT 8.x/10.x this\n"
                   "script builds the float graph with the Q/DQ graph's scales in a calibration cache.") \
         if is_dla(profile) and precision is Precision.INT8 else ""
-    write_build_script(out, ScriptSpec(profile, precision, graphs, device_build, cache,
-                                       graph_role if classifier else None, dla_reason))
+    write_build_script(out, ScriptSpec(profile, precision, graphs, route.device_build, cache,
+                                       route.graph_role if route.classifier else None, dla_reason))
     files["build_script"] = BUILD_SCRIPT
+    return route.device_build.to_dict()
+
+
+def prepare_tensorrt_bundle(backend: TensorRTBackend, context: BundleContext, *, trt: ModuleType | None = None,
+                            cuda: Any = None) -> Artifact:
+    profile, precision, out = context.profile, context.precision, context.out_dir
+    opts = profile.tensorrt or TensorRTOptions()
+    route = _route(context)
+    files: dict[str, str] = {"onnx": context.graphs[route.graph_role].name}
+    if precision is Precision.INT8:
+        # every generation's build may read it (implicit, the DLA route; DeepStream's int8-calib-file): the
+        # header is the profile's default TensorRT, and the device writes its own (build_engine.sh)
+        write_calibration_cache(out / CALIBRATION_CACHE, _cache_scales(context), trt_version=opts.default_version)
+        files["calibration_cache"] = CALIBRATION_CACHE
+    files.update(_deepstream(context, route))
+    info: dict[str, Any] = {"output_name": context.output_name, "device_index": device_index(profile.device),
+                            "dla_core": opts.dla_core, "assumed_tensorrt_version": opts.default_version,
+                            "quant_mode": route.mode.value}
+    trt, cuda, reason = _local_target_device(profile, trt, cuda)
+    if reason is None:
+        built = _build_here(backend, context, route, files, trt, cuda)
+        built.info.update({k: v for k, v in info.items() if built.info.get(k) is None})
+        return built
+    device_build = _build_on_device(context, route, files)
     log.warning("%s: prepared the %s bundle; build the engine on the device with ./%s", reason, profile.name,
                 BUILD_SCRIPT)
-    info.update({
-        "runnable": False,
-        "engine_built": False,
-        "reason": reason,
-        "how_to_build": f"copy the bundle to the {profile.name} device and run ./{BUILD_SCRIPT} there "
-                        f"(it reads the device's TensorRT version; JetPack {opts.jetpack or '-'})",
-    })
-    return Artifact(BackendName.TENSORRT, precision, files, info, device_build.to_dict())
+    info.update(runnable=False, engine_built=False, reason=reason,
+                how_to_build=f"copy the bundle to the {profile.name} device and run ./{BUILD_SCRIPT} there (it reads "
+                             f"the device's TensorRT version; JetPack {opts.jetpack or '-'})")
+    return Artifact(BackendName.TENSORRT, precision, files, info, device_build)

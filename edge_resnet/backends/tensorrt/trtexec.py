@@ -44,13 +44,7 @@ from edge_resnet.backends.tensorrt.plan import (
     check_onnx_for_plan,
     plan_build,
 )
-from edge_resnet.backends.tensorrt.versions import (
-    _MIN_VERSION,
-    TrtGeneration,
-    has_dla,
-    parse_version,
-    version_bounds,
-)
+from edge_resnet.backends.tensorrt.versions import MIN_VERSION, TrtGeneration, version_bounds
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile, TensorRTOptions
 from edge_resnet.types import Precision
@@ -178,7 +172,7 @@ def _version_int(v: tuple[int, int, int]) -> int:
 def _version_checks(profile: TargetProfile) -> list[str]:
     """Bash that refuses the device's TensorRT when the Python plan would (V = major*10000 + minor*100 + patch)."""
     opts = profile.tensorrt or TensorRTOptions()
-    floor = _MIN_VERSION.get(profile.platform, _MIN_VERSION["desktop"])
+    floor = MIN_VERSION.get(profile.platform, MIN_VERSION["desktop"])
     lines = [f'(( V >= {_version_int((*floor, 0))} )) || die "TensorRT $TRT_VERSION is too old for a {profile.platform} '
              f'target (need {floor[0]}.{floor[1]} or newer; JetPack 5.1 ships 8.5.2, JetPack 6.x 8.6/10.3)"']
     for op, low, high in version_bounds(opts.versions):
@@ -340,7 +334,7 @@ if (( DEEPSTREAM )); then
 fi
 edge_py record --log @@LOG@@ --engine @@ENGINE@@ --record @@RECORD@@ --onnx "$ONNX" \
   --onnx-sha256 "${EXPECTED_SHA[$ONNX]}" --trt-version "$TRT_VERSION" --dla-core @@DLA_CORE@@ \
-  --trtexec "$TRTEXEC" "${DS_RECORD[@]}" -- "${ARGS[@]}"
+  --trtexec "$TRTEXEC" ${DS_RECORD[@]+"${DS_RECORD[@]}"} -- "${ARGS[@]}"
 edge_py summary @@LOG@@
 echo "wrote @@ENGINE@@ and @@RECORD@@ (edge_resnet.runtime.load, edge-resnet validate and bench use them)"
 
@@ -503,7 +497,3 @@ def write_build_script(directory: Path, spec: ScriptSpec) -> Path:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     log.info("wrote %s", path)
     return path
-
-
-def device_has_dla(version: str) -> bool:  # re-exported for the offline bundle's message
-    return has_dla(parse_version(version))

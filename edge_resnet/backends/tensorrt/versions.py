@@ -36,7 +36,7 @@ class TrtGeneration(IntEnum):
 
 # Oldest TensorRT per platform: 8.6 on desktops; 8.5 on Jetson, because JetPack 5.1.x (the last JetPack
 # for Xavier) ships TensorRT 8.5.2.
-_MIN_VERSION: dict[str, tuple[int, int]] = {"desktop": (8, 6), "jetson": (8, 5)}
+MIN_VERSION: dict[str, tuple[int, int]] = {"desktop": (8, 6), "jetson": (8, 5)}
 
 
 def parse_version(version: str) -> Version:
@@ -55,7 +55,7 @@ def format_version(version: Version) -> str:
 def generation_of(version: str, platform: str = "desktop") -> TrtGeneration:
     """The API generation of a TensorRT version; BackendError for versions we do not support."""
     ver = parse_version(version)
-    floor = _MIN_VERSION.get(platform, _MIN_VERSION["desktop"])
+    floor = MIN_VERSION.get(platform, MIN_VERSION["desktop"])
     if ver[:2] < floor:
         raise BackendError(
             f"TensorRT {version} is too old for a {platform} target (need {floor[0]}.{floor[1]} or newer)",
