@@ -148,15 +148,6 @@ def test_implicit_refused_on_11() -> None:
 
 
 @pytest.fixture(scope="module")
-def float_graph():
-    """A random-weight ResNet-18 with 10 classes at 32x32 (the scripts only need its shapes and names)."""
-    import torch
-
-    torch.manual_seed(0)
-    return float_graph_for(ModelSource(name="resnet18", num_classes=10), 32)
-
-
-@pytest.fixture(scope="module")
 def headless_graph():
     import torch
 
@@ -174,7 +165,8 @@ def make_bundle(root: Path, fg, target: str, precision: Precision = Precision.IN
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, float_graph, headless_graph):
+def bundles(tmp_path_factory, random_r18_graph, headless_graph):
+    float_graph = random_r18_graph
     root = tmp_path_factory.mktemp("jetson-bundles")
     return {
         "nano": make_bundle(root, float_graph, "jetson-orin-nano", labels=[f"digit {i}" for i in range(10)]),

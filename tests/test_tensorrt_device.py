@@ -28,12 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
+def prepared(tmp_path_factory, random_r18_graph) -> Path:
     """A jetson-orin-nano INT8 bundle prepared here (no TensorRT)."""
-    import torch
-
-    torch.manual_seed(0)
-    fg = float_graph_for(ModelSource(name="resnet18", num_classes=10), 32)
+    fg = random_r18_graph
     out = tmp_path_factory.mktemp("prepared") / "bundle"
     compile_bundle(ModelSource(name="resnet18", num_classes=10), CompileOptions(
         target="jetson-orin-nano", calib="digits:train", calib_count=32, progress=False), out, input_size=32,
