@@ -316,7 +316,8 @@ class Bundle:
         from edge_resnet.backends.base import COMMON_LOAD_OPTIONS, get_backend
 
         art = self.artifact
-        if not art.info.get("runnable", True):
+        # a device-built artifact (artifact.device_build) is found and checked by its backend
+        if not art.info.get("runnable", True) and not art.device_build:
             raise BundleError(
                 f"the {art.backend.value} artifact in {self.path} has not been built on this machine "
                 f"({art.info.get('reason', 'prepared for another device')})",
@@ -333,7 +334,7 @@ class Bundle:
                                f"use {', '.join(sorted(allowed))} (or none)")
         for role, rel in art.files.items():
             self.file(rel, f"artifact file {role}")
-        return backend.load(self.path, art, **options)
+        return backend.load(self.path, art, bundle=self, **options)
 
     def _warn_if_saturating(self, art) -> None:
         """An INT8 CPU bundle with full-range weights, run on an x86 CPU without VNNI, loses accuracy

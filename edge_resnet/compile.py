@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_resnet.backends.base import Artifact, get_backend
+from edge_resnet.backends.base import BundleContext, get_backend
 from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
 from edge_resnet.data import PreprocessSpec, open_dataset
 from edge_resnet.data.recipes import calibration_sample
@@ -26,9 +26,9 @@ from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.exclude import check_exclude
 from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantize_graph
-from edge_resnet.quant.qdq import QuantConfig, activation_scale, required_tensors
+from edge_resnet.quant.qdq import QuantConfig, activation_scale
 from edge_resnet.targets import TargetProfile, get_target, resolve_weight_range
-from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
+from edge_resnet.types import Precision, QuantMode
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +167,8 @@ def _random_batches(spec: PreprocessSpec, count: int, seed: int, batch: int):
 
 
 def _calibration_tensors(fg: FloatGraph, profile: TargetProfile, config: QuantConfig) -> list[str]:
-    if profile.backend is BackendName.TENSORRT:
-        # TensorRT's implicit path (the legacy calibration cache every TensorRT bundle carries)
-        # reads a scale for every activation tensor of the float network
-        g = fg.model.graph
-        return [g.input[0].name] + [o for n in g.node for o in n.output]
-    return required_tensors(fg.model, config)
+    """The tensors the target's backend needs statistics of (its hook; e.g. TensorRT: every activation)."""
+    return get_backend(profile.backend).calibration_tensors(fg.model, profile, config)
 
 
 def quant_config(profile: TargetProfile, exclude: tuple[str, ...] = ()) -> QuantConfig:
@@ -183,10 +179,7 @@ def quant_config(profile: TargetProfile, exclude: tuple[str, ...] = ()) -> Quant
 def reusable_tensors(fg: FloatGraph, profile: TargetProfile) -> list[str]:
     """Tensors whose statistics serve any later ``exclude`` list: without exclusions, and for both formats
     (keeping the conv of a TensorRT-fused residual add float gives the add's conv branch its own Q/DQ)."""
-    if profile.backend is BackendName.TENSORRT and profile.quant_mode is QuantMode.IMPLICIT:
-        return _calibration_tensors(fg, profile, QuantConfig(profile.activation_format))
-    return required_tensors(fg.model, QuantConfig(profile.activation_format),
-                            formats=(ActivationFormat.S8S8, ActivationFormat.U8S8))
+    return get_backend(profile.backend).reusable_tensors(fg.model, profile)
 
 
 def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, options: CompileOptions,
@@ -284,8 +277,10 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
         full_record = dict(calib_record) if calib_record else None
         labels = _labels(options, fg, calib_record)  # (drops class_names from the record)
         (w.dir / LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
-        backend_input = w.dir / (INT8_ONNX if qgraph is not None else FLOAT_ONNX)
-        artifact = _build(profile, backend_input, w.dir, precision, spec, labels, stats, options)
+        context = BundleContext(profile, w.dir, precision, {role: w.dir / name for role, name in graphs.items()},
+                                spec, labels, fg.output_name, stats, options.calibration,
+                                dict(qgraph.report.quantizers) if qgraph is not None else {})
+        artifact = get_backend(profile.backend).prepare_bundle(context)
         manifest = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {**source.describe(), "output": fg.output_name, "kind": fg.kind.value,
@@ -334,13 +329,3 @@ def _labels(options: CompileOptions, fg: FloatGraph, calib_record: dict | None) 
 def _num_outputs(model: onnx.ModelProto) -> int | None:
     dims = model.graph.output[0].type.tensor_type.shape.dim
     return dims[1].dim_value if len(dims) == 2 and dims[1].dim_value else None
-
-
-def _build(profile: TargetProfile, onnx_path: Path, out: Path, precision: Precision, spec: PreprocessSpec,
-           labels: list[str], stats: ActivationStats | None, options: CompileOptions) -> Artifact:
-    backend = get_backend(profile.backend)
-    if profile.backend is BackendName.TENSORRT:
-        from edge_resnet.deploy.bundle import prepare_tensorrt_bundle
-
-        return prepare_tensorrt_bundle(backend, profile, onnx_path, out, precision, spec, labels, stats, options)
-    return backend.compile(onnx_path, profile, out, precision)

@@ -65,6 +65,18 @@ def digits_r50(cache_dir) -> Digits:
     return _digits("resnet50", cache_dir)
 
 
+@pytest.fixture(scope="session")
+def random_r18_graph():
+    """A random-weight ResNet-18 (10 classes, 32x32) as compile's FloatGraph, exported once: the TensorRT bundle
+    tests only need its shapes and names (one dynamo export instead of one per module)."""
+    import torch
+
+    from edge_resnet.compile import ModelSource, float_graph_for
+
+    torch.manual_seed(0)
+    return float_graph_for(ModelSource(name="resnet18", num_classes=10), 32)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 

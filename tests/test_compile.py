@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_resnet.backends.tensorrt.calibration_cache import read_calibration_cache
 from edge_resnet.cli.app import cli
-from edge_resnet.quant.trt_cache import read_calibration_cache
 
 
 def _compile(args, cache_dir):
@@ -59,18 +59,22 @@ def test_jetson_deepstream_config_reproduces_the_preprocessing(jetson_bundle):
     theirs = scale * (pixel - np.array(offsets))
     # one scalar scale for three different stds: the documented approximation (< 0.035 here)
     assert np.abs(ours - theirs).max() < 0.035
-    assert p["network-mode"] == "1" and p["network-type"] == "1" and p["labelfile-path"] == "labels.txt"
+    assert p["network-mode"] == "1" and p["network-type"] == "1" and p["labelfile-path"] == "labels.deepstream.txt"
+    assert (out / "labels.deepstream.txt").read_text() == ";".join(str(i) for i in range(10)) + "\n"
 
 
 @pytest.mark.slow
 def test_calibration_cache_has_every_tensor_in_trt_text_format(jetson_bundle):
     out, _ = jetson_bundle
+    import onnx
+
+    from edge_resnet.backends.tensorrt.dla import activation_tensors
+
     header, scales = read_calibration_cache(out / "calibration.cache")
     assert header.startswith("TRT-") and header.endswith("-EntropyCalibration2")
-    assert "input" in scales and "logits" in scales and len(scales) >= 40
-    amax = json.loads((out / "scales.json").read_text())["amax"]
-    for t, s in scales.items():  # TensorRT's implicit int8 is signed: scale = amax / 127
-        assert s == pytest.approx(amax[t] / 127, rel=1e-6)
+    assert list(scales) == activation_tensors(onnx.load(str(out / "model.float.onnx")))  # every activation
+    quantizers = json.loads((out / "scales.json").read_text())["quantizers"]
+    assert quantizers and all(scales[t] == pytest.approx(q["scale"], rel=1e-6) for t, q in quantizers.items())
 
 
 def test_int8_without_calibration_data_is_an_error(tmp_path, cache_dir):
@@ -96,5 +100,6 @@ def test_random_calibration_is_marked(tmp_path, cache_dir):
     # implicit (JetPack 5): float ONNX + cache, and trtexec gets the cache with --int8
     assert "int8" not in manifest["graphs"]
     script = (out / "build_engine.sh").read_text()
-    assert "--onnx=model.float.onnx" in script and "--calib=calibration.cache" in script and "--int8" in script
-    assert "int8-calib-file=calibration.cache" in (out / "deepstream_nvinfer.txt").read_text()
+    assert "--onnx=model.float.onnx" in script and "--calib=calibration.device.cache" in script and "--int8" in script
+    # nvinfer needs the cache with the device's header, which build_engine.sh writes
+    assert "int8-calib-file=calibration.device.cache" in (out / "deepstream_nvinfer.txt").read_text()

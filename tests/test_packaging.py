@@ -42,7 +42,7 @@ def test_wheel_ships_data_folders(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "edge_resnet/_targets/cpu.toml" in names and "edge_resnet/_targets/jetson-orin.toml" in names
     assert any(n.startswith("edge_resnet/_calibration/") for n in names)
-    assert "edge_resnet/deploy/jetson.py" in names
+    assert "edge_resnet/backends/tensorrt/trtexec.py" in names
 
 
 def test_import_and_help_need_no_optional_backend():

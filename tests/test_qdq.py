@@ -153,3 +153,32 @@ def test_bit_for_bit_deterministic(digits_r18, tmp_path):
         p.write_bytes(qg.model.SerializeToString())
         paths.append(p)
     assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+@pytest.mark.parametrize("name", ["resnet18-v2", "resnet18"])
+def test_every_reader_of_a_quantized_tensor_shares_its_dq(name, request):
+    """Row 11 of issue 12: in v2 graphs the pre-activation BN (Mul/Add) of a block read the float tensor while the
+    shortcut read it through a Q (maxpool, layer{1..4}.0.add). ModelOpt routes every consumer through the shared DQ
+    (benchmarks/modelopt_compare.py compares the placements), so TensorRT can write int8 out of the producer."""
+    import torch
+
+    from edge_resnet.quant.collect import collect_statistics
+
+    if name == "resnet18":  # v1.5: the session's trained graph will do
+        model = request.getfixturevalue("digits_r18").float_graph
+    else:
+        torch.manual_seed(0)
+        model = export_float_graph(build_model(name, num_classes=10).eval(), 32).model
+    tensors = [model.graph.input[0].name] + [o for n in model.graph.node for o in n.output]
+    x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    amax = collect_statistics(model, tensors, iter([x]), total_images=4, progress=False).amax("minmax")
+    q, _ = insert_qdq(model, amax, QuantConfig(S8))
+    quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    float_readers = [(n.op_type, t) for n in q.graph.node if n.op_type != "QuantizeLinear"
+                     for t in n.input if t in quantized]
+    assert float_readers == []
+    if name.endswith("v2"):  # an excluded layer keeps reading the float tensor
+        first_bn_mul = next(n.name for n in model.graph.node if n.op_type == "Mul")
+        q2, _ = insert_qdq(model, amax, QuantConfig(S8, exclude=(first_bn_mul,)))
+        excluded = next(n for n in q2.graph.node if n.name == first_bn_mul)
+        assert not any(i.endswith("_dequantized") for i in excluded.input)

@@ -80,6 +80,13 @@ RUNS: dict[str, Run] = {
         Run("export --weights resnet50v2.keras --input-size 32 -o keras.onnx"),
     "edge-resnet fold-bn in.onnx [--head classifier|embedding|features] -o out.onnx":
         Run("fold-bn in.onnx --head classifier -o out.onnx"),
+    # the prose of the Jetson section names what build_engine.sh runs and the commands that use the engine
+    "edge-resnet validate bundle --data SRC": Run("validate", same_as="edge-resnet validate BUNDLE --data SRC "
+                                                  "[--json v.json] [--report r.html] [--max-drop P]"),
+    "edge-resnet validate": Run("validate", same_as="edge-resnet validate BUNDLE --data SRC [--json v.json] "
+                                "[--report r.html] [--max-drop P]"),
+    "edge-resnet bench": Run("bench", same_as="edge-resnet bench BUNDLE [--batch 1,8] [--compare fp32] [--pipeline] "
+                             "[--json b.json]"),
     "edge-resnet models": Run("models"),
     "edge-resnet targets": Run("targets"),
     # calibration/README.md
@@ -92,11 +99,19 @@ INSTALL = re.compile(r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip 
                      r"-e \"\.\[(?P<extras>[a-z,]+)\]\"(?: && (?P<rest>.+))?$")
 
 
+# fenced blocks after these markers are run, line by line, by another test (module, function): the
+# Jetson steps run against the fake TensorRT device there
+DELEGATED = {"jetson-host-steps": ("test_tensorrt_device", "test_readme_jetson_steps"),
+             "jetson-device-steps": ("test_tensorrt_device", "test_readme_jetson_steps")}
+
+
 def readme_commands() -> list[str]:
-    """Every command line the READMEs show, as written (table escapes undone)."""
+    """Every command line the READMEs show, as written (table escapes undone), but the delegated blocks."""
     found: list[str] = []
     for path in READMES:
         text = path.read_text(encoding="utf-8")
+        for marker in DELEGATED:
+            text = re.sub(rf"<!-- {marker} -->\n```bash\n.*?```", "", text, flags=re.S)
         for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, re.S):
             found += [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
         for line in text.splitlines():
@@ -115,6 +130,21 @@ def readme_commands() -> list[str]:
             if part and part not in commands:
                 commands.append(part)
     return commands
+
+
+def test_the_demos_default_output_is_the_one_the_readme_spells_out():
+    from edge_resnet.cli.demo_cmd import demo
+
+    assert {p.name: p.default for p in demo.params}["output"] == "edge-resnet-demo"
+
+
+def test_delegated_blocks_are_run_by_their_test():
+    import importlib
+
+    for marker, (module, name) in DELEGATED.items():
+        assert f"<!-- {marker} -->" in READMES[0].read_text(encoding="utf-8"), marker
+        test = getattr(importlib.import_module(module), name)
+        assert marker in Path(test.__code__.co_filename).read_text(encoding="utf-8")
 
 
 def test_every_readme_command_is_run():
@@ -186,10 +216,7 @@ _done: dict[str, object] = {}  # by concrete command: one run serves README line
 
 def _invoke(shown: str, ws: Path, monkeypatch, cache_dir: Path) -> object:
     run = RUNS[shown]
-    if run.same_as:  # -o's default is what the other line spells out
-        from edge_resnet.cli.demo_cmd import demo
-
-        assert {p.name: p.default for p in demo.params}["output"] == "edge-resnet-demo"
+    if run.same_as:
         return _invoke(run.same_as, ws, monkeypatch, cache_dir)
     if run.args in _done:
         return _done[run.args]

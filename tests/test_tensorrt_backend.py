@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from fakes.fake_tensorrt import PLAN_MAGIC, TIMING_MAGIC, FakeCuda, FakeTensorRT
+from fakes.fake_tensorrt import (
+    PLAN_MAGIC,
+    FakeCuda,
+    FakeCudart,
+    FakePyCudaDriver,
+    FakeTensorRT,
+    LogicError,
+    cache_header,
+    timing_cache_bytes,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.backends import tensorrt as trt_backend
 from edge_resnet.backends.base import Artifact
 from edge_resnet.backends.tensorrt import (
     BuildPlan,
+    CudaRuntime,
     DeviceInfo,
+    PyCudaRuntime,
     TensorRTBackend,
     build_engine,
     check_engine_portability,
@@ -26,25 +38,27 @@ from edge_resnet.backends.tensorrt import (
     summarize_onnx,
     tensorrt_versions_ok,
 )
+from edge_resnet.backends.tensorrt import plan as plan_module
+from edge_resnet.backends.tensorrt.calibration_cache import write_calibration_cache
 from edge_resnet.errors import BackendError, BackendUnavailable, BundleError
-from edge_resnet.quant.trt_cache import write_calibration_cache
 from edge_resnet.targets import BatchRange, TargetProfile, TensorRTOptions
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
 
 SHAPE = (3, 32, 32)
 DEFAULT_BATCH = BatchRange(1, 4, 8)
 NUM_CLASSES = 10
-RTX = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
-ORIN = DeviceInfo("Orin", "8.7")
+RTX = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9", 128, 24210)
+ORIN = DeviceInfo("Orin", "8.7", 8, 7620)
 
 # ------------------------------------------------------------------------------------------- profiles
 
 
 def _profile(name: str, *, platform: str = "desktop", versions: str = ">=8.6", dla: int | None = None,
              quant_mode: QuantMode = QuantMode.EXPLICIT, fallback: Precision = Precision.FP16,
-             batch: BatchRange = DEFAULT_BATCH, fmt: ActivationFormat = ActivationFormat.S8S8) -> TargetProfile:
+             batch: BatchRange = DEFAULT_BATCH, fmt: ActivationFormat = ActivationFormat.S8S8,
+             device: str = "cuda:0") -> TargetProfile:
     return TargetProfile(
-        name=name, description=name, backend=BackendName.TENSORRT, device="cuda:0", activation_format=fmt,
+        name=name, description=name, backend=BackendName.TENSORRT, device=device, activation_format=fmt,
         quant_mode=quant_mode, fallback_precision=fallback, platform=platform, batch=batch,
         tensorrt=TensorRTOptions(versions=versions, dla_core=dla, workspace_mb=512),
     )
@@ -54,6 +68,7 @@ DESKTOP = _profile("desktop-gpu-int8")
 ORIN_GPU = _profile("orin-int8", platform="jetson", versions=">=8.6,<12", fallback=Precision.FP32)
 ORIN_DLA = _profile("orin-dla-int8", platform="jetson", versions=">=8.6,<12", dla=0, batch=BatchRange(1, 2, 4))
 XAVIER_NX = _profile("xavier-nx-int8", platform="jetson", versions=">=8.5", quant_mode=QuantMode.IMPLICIT)
+SCALES = {"input": 0.02, "c1": 0.05, "a1": 0.04, "c2": 0.06, "a2": 0.05, "p": 0.05, "f": 0.05, "logits": 0.1}
 
 # ---------------------------------------------------------------------------------------------- ONNX
 
@@ -148,6 +163,7 @@ def test_plan_gpu_profile_shapes_follow_batch_range() -> None:
 
 
 def test_plan_dla_is_static_at_opt_batch(caplog: pytest.LogCaptureFixture) -> None:
+    plan_module._warn_static.cache_clear()
     with caplog.at_level(logging.WARNING):
         plan = plan_build("10.3.0", ORIN_DLA, Precision.INT8, SHAPE)
     assert plan.dla_core == 0 and plan.static_batch
@@ -160,12 +176,28 @@ def test_plan_implicit_xavier_reads_calibration_cache() -> None:
     assert plan.quant_mode == QuantMode.IMPLICIT and plan.calibration_cache == "calibration.cache"
 
 
-@pytest.mark.parametrize("version", ["10.3.0", "10.13.2", "11.0.0"])
-def test_plan_implicit_refused_on_tensorrt_10_and_later(version: str) -> None:
-    profile = _profile("xavier-nx-int8", platform="jetson", versions=">=8.5", quant_mode=QuantMode.IMPLICIT)
-    with pytest.raises(BackendError, match="implicit INT8 calibration.*deprecated.*removed") as exc:
-        plan_build(version, profile, Precision.INT8, SHAPE)
+@pytest.mark.parametrize("version", ["10.3.0", "10.13.2"])
+def test_plan_implicit_allowed_on_tensorrt_10(version: str) -> None:
+    """Row 1: TensorRT 10.x still binds int8_calibrator (deprecated); only 11.0 removed it."""
+    plan = plan_build(version, XAVIER_NX, Precision.INT8, SHAPE)
+    assert plan.quant_mode == QuantMode.IMPLICIT and plan.calibration_cache == "calibration.cache"
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "11.4.1"])
+def test_plan_implicit_refused_on_tensorrt_11(version: str) -> None:
+    with pytest.raises(BackendError, match="implicit INT8 calibration, which TensorRT 11 removed") as exc:
+        plan_build(version, XAVIER_NX, Precision.INT8, SHAPE)
     assert "explicit (Q/DQ) profile" in str(exc.value)
+
+
+@pytest.mark.parametrize("version", ["8.6.2", "10.3.0"])
+def test_plan_dla_int8_is_implicit_from_the_float_graph(version: str) -> None:
+    """Row 1: DLA takes INT8 only from implicit quantization (NVIDIA/TensorRT#2222), whatever the profile says."""
+    plan = plan_build(version, ORIN_DLA, Precision.INT8, SHAPE)
+    assert plan.quant_mode == QuantMode.IMPLICIT and plan.onnx_role == "float"
+    assert plan.calibration_cache == "calibration.cache" and "GPU_FALLBACK" in plan.builder_flags
+    assert any("NVIDIA/TensorRT#2222" in n for n in plan.notes)
+    assert plan_build(version, ORIN_GPU, Precision.INT8, SHAPE).onnx_role == "int8"
 
 
 def test_plan_implicit_needs_int8() -> None:
@@ -202,10 +234,12 @@ def test_dla_fp32_refused() -> None:
         plan_build("10.3.0", ORIN_DLA, Precision.FP32, SHAPE)
 
 
-@pytest.mark.parametrize("version", ["11.0.0", "11.3.0", "11.4.0"])
-def test_dla_refused_on_tensorrt_11_before_11_4_1(version: str) -> None:
-    with pytest.raises(BackendError, match="no DLA support"):
+@pytest.mark.parametrize("version", ["10.8.0", "10.16.0", "11.0.0", "11.3.0", "11.4.0"])
+def test_dla_refused_where_tensorrt_has_none(version: str) -> None:
+    """TensorRT 11.4.1 docs: "TensorRT 10.7 was the last 10.x release that supported DLA"; 11.4.1 restores it."""
+    with pytest.raises(BackendError, match="no DLA on Jetson"):
         plan_build(version, ORIN_DLA, Precision.INT8, SHAPE)
+    plan_build("10.7.0", ORIN_DLA, Precision.INT8, SHAPE)
 
 
 def test_u8s8_profile_refused_for_tensorrt_int8() -> None:
@@ -280,6 +314,7 @@ BUILD_CASES = [
     ("10.3.0", DESKTOP, Precision.FP32),
     ("8.6.1", ORIN_DLA, Precision.INT8),
     ("10.3.0", ORIN_DLA, Precision.INT8),
+    ("11.4.1", ORIN_DLA, Precision.INT8),
 ]
 
 
@@ -289,7 +324,9 @@ def test_recorded_calls_match_plan(tmp_path: Path, qdq_onnx: Path, float_onnx: P
                                    profile: TargetProfile, precision: Precision) -> None:
     fake = FakeTensorRT(version, dla_cores=2)
     plan = plan_build(version, profile, precision, SHAPE)
-    onnx_path = qdq_onnx if precision == Precision.INT8 else float_onnx
+    onnx_path = qdq_onnx if plan.onnx_role == "int8" else float_onnx
+    if plan.calibration_cache:
+        write_calibration_cache(tmp_path / "out" / "calibration.cache", SCALES, "8.5.2")
     engine = build_engine(onnx_path, plan, tmp_path / "out", trt=fake)
 
     expected_mask = sum(1 << int(getattr(fake.NetworkDefinitionCreationFlag, f)) for f in plan.network_flags)
@@ -302,10 +339,10 @@ def test_recorded_calls_match_plan(tmp_path: Path, qdq_onnx: Path, float_onnx: P
     else:
         assert fake.called("IBuilderConfig.default_device_type") == [(fake.DeviceType.DLA,)]
         assert fake.called("IBuilderConfig.DLA_core") == [(0,)]
-    assert not fake.called("IBuilderConfig.int8_calibrator")
+    assert bool(fake.called("IBuilderConfig.int8_calibrator")) == (plan.calibration_cache is not None)
     assert not fake.called("build_error")
     assert engine.read_bytes().startswith(PLAN_MAGIC)
-    assert (tmp_path / "out" / "timing.cache").read_bytes().startswith(TIMING_MAGIC)
+    assert (tmp_path / "out" / "timing.cache").read_bytes() == timing_cache_bytes(version, b"gpu0")
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
 
 
@@ -313,7 +350,7 @@ def test_implicit_build_uses_cache_only_calibrator(tmp_path: Path, float_onnx: P
     fake = FakeTensorRT("8.5.2")
     plan = plan_build("8.5.2", XAVIER_NX, Precision.INT8, SHAPE)
     out = tmp_path / "out"
-    write_calibration_cache(out / "calibration.cache", {"input": 0.02, "c1": 0.05}, "8.5.2")
+    write_calibration_cache(out / "calibration.cache", SCALES, "8.5.2")
     build_engine(float_onnx, plan, out, trt=fake)
     [(calibrator,)] = fake.called("IBuilderConfig.int8_calibrator")
     assert isinstance(calibrator, fake.IInt8EntropyCalibrator2) and calibrator._base_init_called
@@ -390,20 +427,64 @@ def test_build_failure_is_reported_and_nothing_written(tmp_path: Path, qdq_onnx:
     assert not (tmp_path / "model.plan").exists()
 
 
-def test_timing_cache_reused_and_mismatch_replaced(tmp_path: Path, qdq_onnx: Path, caplog) -> None:
+def test_timing_cache_reused(tmp_path: Path, qdq_onnx: Path) -> None:
     plan = plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE)
     first = FakeTensorRT("10.3.0")
     build_engine(qdq_onnx, plan, tmp_path, trt=first)
     assert first.called("IBuilderConfig.create_timing_cache") == [(b"",)]
     second = FakeTensorRT("10.3.0")
     build_engine(qdq_onnx, plan, tmp_path, trt=second)
-    assert second.called("IBuilderConfig.create_timing_cache") == [(TIMING_MAGIC + b"gpu0",)]
+    assert second.called("IBuilderConfig.create_timing_cache") == [(timing_cache_bytes("10.3.0", b"gpu0"),)]
     assert second.called("IBuilderConfig.set_timing_cache")[0][1:] == (False, True)
-    other = FakeTensorRT("10.3.0", device_tag=b"gpu1")
+
+
+@pytest.mark.parametrize("behaviour", ["reject", "none", "raise"])
+@pytest.mark.parametrize("other", [{"version": "10.4.0"}, {"device_tag": b"gpu1"}])
+def test_foreign_timing_cache_is_replaced_whatever_tensorrt_does(tmp_path: Path, qdq_onnx: Path, caplog,
+                                                                 behaviour: str, other: dict) -> None:
+    """Unverified point 2: create_timing_cache's answer for another version's or device's cache is not documented
+    (set_timing_cache refuses it, or create returns None, or raises): each gives a warning and a fresh cache."""
+    build_engine(qdq_onnx, plan_build("10.3.0", DESKTOP, Precision.INT8, SHAPE), tmp_path, trt=FakeTensorRT("10.3.0"))
+    version = other.get("version", "10.3.0")
+    fake = FakeTensorRT(version, device_tag=other.get("device_tag", b"gpu0"), foreign_timing_cache=behaviour)
     with caplog.at_level(logging.WARNING):
-        build_engine(qdq_onnx, plan, tmp_path, trt=other)
-    assert "from another device" in caplog.text
-    assert (tmp_path / "timing.cache").read_bytes() == TIMING_MAGIC + b"gpu1"
+        build_engine(qdq_onnx, plan_build(version, DESKTOP, Precision.INT8, SHAPE), tmp_path, trt=fake)
+    assert "from another device or TensorRT; starting a new one" in caplog.text
+    assert fake.called("IBuilderConfig.create_timing_cache")[-1] == (b"",)
+    assert (tmp_path / "timing.cache").read_bytes() == timing_cache_bytes(version, other.get("device_tag", b"gpu0"))
+
+
+def test_build_selects_the_profile_device(tmp_path: Path, qdq_onnx: Path) -> None:
+    """Row 5: TensorRT builds on the calling thread's current device, so "cuda:1" must be made current first."""
+    fake = FakeTensorRT("10.3.0")
+    cuda = FakeCuda(fake, RTX)
+    profile = _profile("second-gpu", device="cuda:1")
+    TensorRTBackend().compile(qdq_onnx, profile, tmp_path / "b", Precision.INT8, trt=fake, cuda=cuda)
+    assert fake.called("Builder.device") == [(1,)]
+    assert cuda.called("set_device") == [(1,)]
+
+
+def test_implicit_build_rewrites_the_cache_header_for_the_installed_tensorrt(tmp_path: Path, float_onnx: Path) -> None:
+    """Row 6: the bundle's cache carries the profile's default header (8.5.2); TensorRT 10.3 skips a cache of
+    another version (NVIDIA/TensorRT#1378) and then has no data: the build gives it 10.3's header."""
+    out = tmp_path / "out"
+    write_calibration_cache(out / "calibration.cache", SCALES, "8.5.2")
+    fake = FakeTensorRT("10.3.0", dla_cores=2)
+    build_engine(float_onnx, plan_build("10.3.0", ORIN_DLA, Precision.INT8, SHAPE), out, trt=fake)
+    [(cache,)] = fake.called("calibrator.read_calibration_cache")
+    assert cache.startswith(cache_header("10.3.0").encode() + b"\n") and not fake.called("build_error")
+    assert (out / "calibration.cache").read_text().startswith("TRT-8502-")  # the bundle's file is not changed
+
+
+def test_fake_rejects_a_cache_of_another_version(tmp_path: Path, float_onnx: Path) -> None:
+    """The fake's rule the previous test relies on."""
+    fake = FakeTensorRT("10.3.0", dla_cores=2)
+    plan = plan_build("10.3.0", ORIN_DLA, Precision.INT8, SHAPE)
+    config = fake.Builder(None).create_builder_config()
+    config.int8_calibrator = trt_backend.make_cache_calibrator(fake, b"TRT-8600-EntropyCalibration2\ninput: 3c000000\n")
+    network = fake.Builder(None).create_network(0)
+    assert fake.Builder(None)._build_error(network, config) is not None
+    assert plan.calibration_cache
 
 
 # ------------------------------------------------------------------------- compile / load / runner
@@ -435,6 +516,8 @@ def test_runner_dynamic_batch_per_api_generation(tmp_path: Path, qdq_onnx: Path,
     cuda = FakeCuda(fake, RTX)
     runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=cuda)
     x = np.random.default_rng(1).normal(size=(11, *SHAPE)).astype(np.float32)  # > max batch 8: two chunks
+    # Polygraphy's runner shape: declared input metadata, thread safety declared
+    assert runner.input_metadata == {"input": (np.dtype(np.float32), (None, *SHAPE))} and runner.thread_safe is False
     with runner:
         y = runner.infer(x)
     expected = x.reshape(11, -1).mean(axis=1, keepdims=True) * np.arange(1, NUM_CLASSES + 1)
@@ -446,10 +529,12 @@ def test_runner_dynamic_batch_per_api_generation(tmp_path: Path, qdq_onnx: Path,
     assert len(cuda.called("free")) == 2 and cuda.called("release")
 
 
-def test_runner_pads_static_dla_engine(tmp_path: Path, qdq_onnx: Path) -> None:
-    fake, art = _compile(tmp_path, "10.3.0", ORIN_DLA, qdq_onnx, device=ORIN)
+def test_runner_pads_static_dla_engine(tmp_path: Path, float_onnx: Path) -> None:
+    write_calibration_cache(tmp_path / "bundle" / "calibration.cache", SCALES, "8.5.2")
+    fake, art = _compile(tmp_path, "10.3.0", ORIN_DLA, float_onnx, device=ORIN)
     runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, ORIN))
     assert fake.called("Runtime.DLA_core") == [(0,)]
+    assert runner.input_metadata["input"][1] == (2, *SHAPE)  # static
     y = runner.infer(np.ones((1, *SHAPE), np.float32))
     assert y.shape == (1, NUM_CLASSES)
     assert [a[1] for a in fake.called("IExecutionContext.set_input_shape")] == [(2, *SHAPE)]
@@ -464,7 +549,7 @@ def test_runner_rejects_wrong_image_size(tmp_path: Path, qdq_onnx: Path) -> None
 
 def test_load_refuses_engine_from_another_gpu(tmp_path: Path, qdq_onnx: Path) -> None:
     fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
-    with pytest.raises(BundleError, match="rebuild it on the target"):
+    with pytest.raises(BundleError, match="rebuild it on this device"):
         TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, ORIN))
 
 
@@ -480,6 +565,54 @@ def test_load_missing_engine(tmp_path: Path, qdq_onnx: Path) -> None:
     (tmp_path / "bundle" / "model.plan").unlink()
     with pytest.raises(BundleError, match="no engine file"):
         TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, RTX))
+
+
+def _worker(fn):
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="stream-worker")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_pycuda_runner_infers_on_another_thread(tmp_path: Path, qdq_onnx: Path) -> None:
+    """Row 5: pycuda contexts are per thread (inducer/pycuda#242); stream() infers on worker threads."""
+    fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    drv = FakePyCudaDriver(fake, RTX)
+    runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=PyCudaRuntime(drv))
+    x = np.random.default_rng(4).normal(size=(3, *SHAPE)).astype(np.float32)
+    here = runner.infer(x)
+    there = _worker(lambda: runner.infer(x))
+    np.testing.assert_array_equal(here, there)
+    assert {args[0] for args in drv.called("Context.push")} >= {"MainThread", "stream-worker"}
+    _worker(runner.close)  # closing from another thread frees with the context current there too
+    assert not drv._stack()  # every push was popped
+    with pytest.raises(LogicError, match="no currently active context"):
+        drv.mem_alloc(4)  # the fake's rule: device calls need a current context on this thread
+
+
+def test_cuda_python_runner_selects_the_device_on_every_thread(tmp_path: Path, qdq_onnx: Path) -> None:
+    """Row 5: cudaSetDevice is per host thread, so device 1 must be selected on the worker thread too."""
+    fake = FakeTensorRT("10.3.0")
+    profile = _profile("second-gpu", device="cuda:1")
+    cudart = FakeCudart(fake, RTX)
+    art = TensorRTBackend().compile(qdq_onnx, profile, tmp_path / "bundle", Precision.INT8, trt=fake,
+                                    cuda=CudaRuntime(cudart))
+    assert art.info["device_index"] == 1
+    runner = TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=CudaRuntime(cudart))
+    x = np.ones((2, *SHAPE), np.float32)
+    _worker(lambda: runner.infer(x))
+    assert ("stream-worker", 1) in cudart.called("cudaSetDevice")
+    assert {device for device, _ in cudart.called("cudaMemcpyAsync")} == {1}
 
 
 # --------------------------------------------------------------------------------- portability (pure)
@@ -595,3 +728,21 @@ def test_real_tensorrt_int8_engine_matches_onnxruntime(tmp_path: Path) -> None:
     assert cos.min() >= 0.99, f"cosine similarity per sample {cos}"
     agreement = (y_trt.argmax(1) == y_ort.argmax(1)).mean()
     assert agreement >= 0.9, f"top-1 agreement {agreement}"  # < 1 only for near-ties between classes
+
+
+# ------------------------------------------------------------------ Orin modules: one name, several GPUs
+
+AGX = DeviceInfo("Orin", "8.7", 16, 28826)
+NANO = DeviceInfo("Orin", "8.7", 8, 7620)
+NX16 = DeviceInfo("Orin", "8.7", 8, 15388)
+
+
+@pytest.mark.parametrize(("built", "here", "match"), [(AGX, NANO, "16 SMs"), (NX16, NANO, "15388 MiB")])
+def test_orin_modules_told_apart_by_sm_count_and_memory(built: DeviceInfo, here: DeviceInfo, match: str) -> None:
+    """Unverified point 1, settled: every Orin module reports the name "Orin" (trtexec "Selected Device: Orin" on
+    AGX Orin and Orin NX), so the check compares the SM count and the memory too."""
+    with pytest.raises(BundleError, match=match) as exc:
+        trt_backend.check_portability("10.3.0", built, "10.3.0", here)
+    assert "not portable" in str(exc.value)
+    trt_backend.check_portability("10.3.0", built, "10.3.0", here, allow_device_mismatch=True)  # same CC: allowed
+    trt_backend.check_portability("10.3.0", NANO, "10.3.0", DeviceInfo("Orin", "8.7", 8, 7500))  # carve-out noise

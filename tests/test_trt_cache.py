@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_resnet.errors import QuantizationError
-from edge_resnet.quant.trt_cache import (
+from edge_resnet.backends.tensorrt.calibration_cache import (
     format_calibration_cache,
     read_calibration_cache,
     scale_to_hex,
     tensorrt_version_code,
+    with_header,
     write_calibration_cache,
 )
+from edge_resnet.errors import QuantizationError
 
 
 def test_known_value() -> None:
@@ -78,3 +79,17 @@ def test_reader_refuses_bad_files(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(QuantizationError):
         read_calibration_cache(path)
+
+
+@pytest.mark.parametrize(("version", "header"), [("8.6.2", "TRT-8602-EntropyCalibration2"),
+                                                 ("10.3.0", "TRT-100300-EntropyCalibration2")])
+def test_with_header_rewrites_only_the_header(version: str, header: str) -> None:
+    """The device writes its own TensorRT's header over the bundle's scales (row 6 of issue 12)."""
+    text = format_calibration_cache({"input": 0.02, "conv": 0.5}, "8.5.2")
+    out = with_header(text, version)
+    assert out.splitlines() == [header, *text.splitlines()[1:]]
+
+
+def test_with_header_refuses_a_non_cache() -> None:
+    with pytest.raises(QuantizationError, match="not a TensorRT calibration cache"):
+        with_header("input: 3f800000\n", "10.3.0")

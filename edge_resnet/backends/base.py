@@ -4,6 +4,12 @@
     backend.load(artifact_dir, artifact) -> Runner                        # deserialize
     runner.infer(batch) -> logits or features                             # run
 
+and two hooks ``compile`` calls, with defaults here, for backends whose bundle needs more than one artifact
+(TensorRT: a device-side build script, a calibration cache, DeepStream files):
+
+    backend.calibration_tensors(model, profile, config) -> tensors calibration must measure
+    backend.prepare_bundle(context) -> Artifact                          # default: compile the backend input
+
 Heavy libraries (openvino, tensorrt, cuda) are imported inside the backend modules' functions,
 never at import time, so `import edge_resnet` works without them.
 """
@@ -15,13 +21,18 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_resnet.errors import BackendError, BackendUnavailable
 from edge_resnet.targets import TargetProfile
-from edge_resnet.types import BackendName, Precision
+from edge_resnet.types import ActivationFormat, BackendName, Precision
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edge_resnet.quant.qdq import QuantConfig
 
 
 @dataclass
@@ -32,19 +43,48 @@ class Artifact:
     precision: Precision
     files: dict[str, str]  # role -> relative path, e.g. {"engine": "model.plan"}
     info: dict[str, Any] = field(default_factory=dict)  # versions, device, int8 coverage, ...
+    # role -> relative path of files the *device* writes later (e.g. {"engine": "model.plan", "record":
+    # "engine.json"}): declared at compile time, so the manifest names every path the bundle may hold
+    device_build: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend.value, "precision": self.precision.value, "files": self.files, "info": self.info}
+        d = {"backend": self.backend.value, "precision": self.precision.value, "files": self.files, "info": self.info}
+        if self.device_build:
+            d["device_build"] = dict(self.device_build)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Artifact:
-        return cls(BackendName(d["backend"]), Precision(d["precision"]), dict(d["files"]), dict(d.get("info", {})))
+        return cls(BackendName(d["backend"]), Precision(d["precision"]), dict(d["files"]), dict(d.get("info", {})),
+                   dict(d.get("device_build") or {}))
+
+
+@dataclass
+class BundleContext:
+    """What ``compile`` hands a backend's :meth:`Backend.prepare_bundle`: the graphs written so far and what
+    they were made from. Paths are inside ``out_dir``."""
+
+    profile: TargetProfile
+    out_dir: Path
+    precision: Precision
+    graphs: dict[str, Path]  # "float", and "int8" when a Q/DQ graph was made
+    spec: Any  # PreprocessSpec
+    labels: list[str]
+    output_name: str = "logits"  # "logits" (classifier) or "features"
+    stats: Any = None  # ActivationStats of the calibration (INT8 only)
+    calibration: Any = None  # CalibrationOptions
+    quantizers: dict[str, tuple[float, int]] = field(default_factory=dict)  # Q/DQ tensor -> (scale, zero point)
+
+    @property
+    def backend_input(self) -> Path:
+        return self.graphs.get("int8", self.graphs["float"])
 
 
 class Runner(ABC):
     """A loaded artifact. ``infer`` takes a float32 NCHW batch and returns a float32 array."""
 
     input_name: str = "input"
+    thread_safe: bool = False  # may infer() be called from several threads at once (Polygraphy declares it too)
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
@@ -88,6 +128,23 @@ class Backend(ABC):
     def load(self, bundle_dir: Path, artifact: Artifact, **options: Any) -> Runner:
         """Load a previously compiled artifact for inference."""
 
+    def calibration_tensors(self, model: onnx.ModelProto, profile: TargetProfile, config: QuantConfig) -> list[str]:
+        """The activation tensors calibration must measure for this backend's build."""
+        from edge_resnet.quant.qdq import required_tensors
+
+        return required_tensors(model, config)
+
+    def reusable_tensors(self, model: onnx.ModelProto, profile: TargetProfile) -> list[str]:
+        """Tensors whose statistics serve any later ``exclude`` list, for both Q/DQ formats."""
+        from edge_resnet.quant.qdq import QuantConfig, required_tensors
+
+        return required_tensors(model, QuantConfig(profile.activation_format),
+                                formats=(ActivationFormat.S8S8, ActivationFormat.U8S8))
+
+    def prepare_bundle(self, context: BundleContext) -> Artifact:
+        """Write this backend's part of a bundle into ``context.out_dir``; the default compiles the backend input."""
+        return self.compile(context.backend_input, context.profile, context.out_dir, context.precision)
+
 
 def import_library(name: str, fix: str) -> ModuleType:
     """Import a backend's library, or raise BackendUnavailable with ``fix``."""
@@ -115,7 +172,7 @@ def read_onnx_structure(onnx_path: Path):  # -> onnx.ModelProto
 _REGISTRY: dict[BackendName, str] = {
     BackendName.OPENVINO: "edge_resnet.backends.openvino:OpenVINOBackend",
     BackendName.ONNXRUNTIME: "edge_resnet.backends.onnxruntime:OnnxRuntimeBackend",
-    BackendName.TENSORRT: "edge_resnet.backends.tensorrt:TensorRTBackend",
+    BackendName.TENSORRT: "edge_resnet.backends.tensorrt.backend:TensorRTBackend",
 }
 
 

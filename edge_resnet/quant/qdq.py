@@ -265,6 +265,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
                     for idx, name in enumerate(consumer.input):
                         if name == t:
                             consumer.input[idx] = dq
+    _share_dequantized(g, writer.done, config)
     report.activation_tensors = len(writer.quantizers)
     report.quantizers = dict(writer.quantizers)
     out.graph.initializer.extend(writer.new_inits)
@@ -272,6 +273,21 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     _drop_dead_nodes(out.graph)  # needs topological order
     _drop_unused_initializers(out.graph)
     return out, report
+
+
+def _share_dequantized(g: _Graph, done: dict[str, str], config: QuantConfig) -> None:
+    """Every other reader of a quantized tensor reads it through the same DequantizeLinear, as ModelOpt's ONNX
+    quantizer does (one Q/DQ pair per tensor, all consumers rewired to the DQ; ONNX Runtime's QDQ quantizer
+    likewise, ``replace_input_of_all_nodes``). A reader left on the float tensor (in v2 graphs the pre-activation
+    BN, as Mul/Add, of a block whose shortcut is quantized) keeps TensorRT from writing int8 straight out of the
+    fused producer: it has to keep a float copy. Layers kept float with ``exclude`` keep reading the float tensor."""
+    for tensor, dq in done.items():
+        for consumer in g.consumers.get(tensor, []):
+            if consumer.name.startswith("_qdq/") or config.excludes(consumer):
+                continue
+            for idx, name in enumerate(consumer.input):
+                if name == tensor:
+                    consumer.input[idx] = dq
 
 
 class _Writer:

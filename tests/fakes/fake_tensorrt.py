@@ -1,33 +1,63 @@
-"""A recording fake of the ``tensorrt`` module (only what edge_resnet calls) plus a fake CUDA runtime.
+"""A recording fake of the ``tensorrt`` module (only what edge_resnet calls), of CUDA (cuda-python's runtime module,
+pycuda's driver, and the runner's CUDA interface), and the plan/cache formats they share with ``fake_trtexec``.
 
-``FakeTensorRT("8.6.1" | "10.3.0" | "11.0.0")`` has the real names of that generation and their enum values,
-and lacks what that generation lacks, so a call the real library would reject fails here too:
+``FakeTensorRT("8.6.1" | "10.3.0" | "11.0.0")`` has the real names of that generation and their enum values, lacks
+what that generation lacks, and enforces that version's rules, so a call the real library would reject fails here
+too. Each rule cites where it was read:
 
-* 8.6: NetworkDefinitionCreationFlag EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1; BuilderFlag with STRICT_TYPES=4
-  (so PREFER_PRECISION_CONSTRAINTS=11); binding-index API on engines and contexts (plus the 8.5+ named API).
-  The ONNX parser refuses a network created without EXPLICIT_BATCH, as the real 8.x parser does.
-* 10.x: EXPLICIT_BATCH=0 (deprecated, ignored), STRONGLY_TYPED=1; STRICT_TYPES gone (REFIT=4 ...
-  PREFER_PRECISION_CONSTRAINTS=10); no binding API. A strongly typed network with INT8/FP16 flags fails to build.
-* 11.x: no BuilderFlag.FP16/INT8/OBEY/PREFER_PRECISION_CONSTRAINTS, no IInt8EntropyCalibrator2, no
-  IBuilderConfig.int8_calibrator / set_calibration_profile (10.x->11.x "Removed Python APIs"); STRONGLY_TYPED=0
-  and no EXPLICIT_BATCH (TensorRT 11 headers: ``kSTRONGLY_TYPED TRT_DEPRECATED_ENUM = 0``). The values of the
-  remaining 11.x BuilderFlag members are assumed unchanged from 10.x; our code only uses names.
+* Enums. 8.6: NetworkDefinitionCreationFlag EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1; BuilderFlag with STRICT_TYPES=4
+  (so PREFER_PRECISION_CONSTRAINTS=11) (include/NvInfer.h, release/8.6). 10.x: EXPLICIT_BATCH=0 (deprecated,
+  ignored), STRONGLY_TYPED=1; STRICT_TYPES gone (REFIT=4 ... PREFER_PRECISION_CONSTRAINTS=10) (NvInfer.h, release/10.x).
+  11.x: no BuilderFlag.FP16/INT8/OBEY/PREFER_PRECISION_CONSTRAINTS, no IInt8EntropyCalibrator2, no
+  IBuilderConfig.int8_calibrator / set_calibration_profile ("Removed Python APIs", 10.x->11.x migration);
+  STRONGLY_TYPED=0 and no EXPLICIT_BATCH (11.x headers: ``kSTRONGLY_TYPED TRT_DEPRECATED_ENUM = 0``). The values of
+  the remaining 11.x BuilderFlag members are assumed unchanged from 10.x; our code only uses names.
+* The 8.x ONNX parser refuses a network without EXPLICIT_BATCH ("ONNX parser only supports networks with an explicit
+  batch dimension"). A 10.x strongly typed network with INT8/FP16 flags fails to build (sampleOptions.cpp 10.x:
+  "--best and --stronglyTyped cannot be both set").
+* Binding-index API on 8.x engines and contexts only (removed in 10.0, 8.x->10.x migration guide).
+* Plans: ``ftrt`` magic, bytes 24/25/26 = major/minor/patch of the writer (NVIDIA/TensorRT#3073); a runtime returns
+  None for another version's plan ("The engine plan file is not compatible with this version of TensorRT,
+  expecting library version ... got ...", NVIDIA/TensorRT#574, #2117).
+* Calibration caches: this fake accepts only its own header ``TRT-<NV_TENSORRT_VERSION>-EntropyCalibration2``
+  (8.x code MAJOR*1000+MINOR*100+PATCH, 10.x+ MAJOR*10000+MINOR*100+PATCH, NvInferRuntimeBase.h 10.x). TensorRT
+  "will skip the file if it is incompatible" (NVIDIA/TensorRT#1378) and then calibrates, which with a cache-only
+  calibrator has no data: 10.3 given a TRT-8600 header failed with "Tensor input is bound to nullptr"
+  (NVIDIA/Deep-Learning-Accelerator-SW#26). Which headers the real one accepts is not published; exact match is the
+  strictest reading, and our code writes the exact header, so it passes under any weaker rule.
+* Timing caches: what ``create_timing_cache`` does with another version's or device's cache is not documented; the
+  fake does one of the three things callers guard against (``foreign_timing_cache``): "reject" (set_timing_cache
+  with ignore_mismatch=False returns False), "none" (create returns None, trtexec's "TimingCache creation failed"
+  check, sampleEngines.cpp) or "raise".
+* The build uses the CUDA device current on the calling thread (TensorRT builds on the current device); with no
+  device selected on a thread, the runtime API uses device 0.
 
-Everything our code does is appended to ``fake.calls`` as ``(name, args)``; ``fake.called(name)`` filters.
+CUDA fakes (per-thread rules from the CUDA driver/runtime API references and inducer/pycuda#242):
+
+* ``FakePyCudaDriver`` (pycuda.driver): the context stack is per thread; a retained primary context is not pushed;
+  ``mem_alloc``/``memcpy_*``/``Stream`` on a thread with no current context raise pycuda's LogicError ("invalid device
+  context - no currently active context?").
+* ``FakeCudart`` (cuda.bindings.runtime): ``cudaSetDevice`` selects the device of the *calling thread*.
+* ``FakeCuda``: the runner's interface, with the same rule (device work only inside ``activate()`` on that thread).
+
+Everything our code does is appended to ``.calls`` as ``(name, args)``; ``.called(name)`` filters.
 The fake engine computes ``logits[n, k] = mean(input[n]) * (k + 1)`` so the runner can be checked end to end.
 """
 
 from __future__ import annotations
 
-import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from itertools import count
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import onnx
 
-from edge_resnet.backends.tensorrt import DeviceInfo
+from edge_resnet.backends.tensorrt.cuda import DeviceInfo
 
 # ------------------------------------------------------------------------------------------------ enums
 
@@ -52,20 +82,30 @@ _IO_MODES = {"NONE": 0, "INPUT": 1, "OUTPUT": 2}
 _DATA_TYPES = {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4}
 _NPTYPES = {0: np.float32, 1: np.float16, 2: np.int8, 3: np.int32, 4: np.bool_}
 
-PLAN_MAGIC = b"FAKEPLAN"
-TIMING_MAGIC = b"FAKETIMING"
+from fakes.formats import (  # noqa: E402
+    PLAN_MAGIC,
+    TIMING_MAGIC,
+    cache_header,
+    engine_meta,
+    nv_version_code,
+    plan_bytes,
+    read_plan,
+    timing_cache_bytes,
+    version_tuple,
+)
 
-
-def _generation(version: str) -> int:
-    return int(version.split(".")[0])
+__all__ = ["PLAN_MAGIC", "TIMING_MAGIC", "cache_header", "engine_meta", "nv_version_code", "plan_bytes", "read_plan",
+           "timing_cache_bytes", "version_tuple"]
 
 
 class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
 
     def record(self, name: str, *args: Any) -> None:
-        self.calls.append((name, args))
+        with self._lock:
+            self.calls.append((name, args))
 
     def called(self, name: str) -> list[tuple[Any, ...]]:
         return [args for n, args in self.calls if n == name]
@@ -88,6 +128,7 @@ class _Network:
         self.trt, self.flags = trt, flags
         self.inputs: list[_Tensor] = []
         self.outputs: list[_Tensor] = []
+        self.model: onnx.ModelProto | None = None
 
     def has_flag(self, name: str) -> bool:
         value = _NETWORK_FLAGS[self.trt.generation].get(name)
@@ -120,14 +161,15 @@ class _OnnxParser:
         if self.trt.generation == 8 and not self.network.has_flag("EXPLICIT_BATCH"):
             self.errors.append(_ParserError("ONNX parser only supports networks with an explicit batch dimension"))
             return False
-        graph = onnx.load_from_string(model).graph
-        bad = sorted({n.op_type for n in graph.node} & self.trt.unsupported_ops)
+        proto = onnx.load_from_string(model)
+        bad = sorted({n.op_type for n in proto.graph.node} & self.trt.unsupported_ops)
         self.errors += [_ParserError(f"No importer registered for op: {op}") for op in bad]
         if bad:
             return False
         dims = lambda vi: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)  # noqa: E731
-        self.network.inputs = [_Tensor(vi.name, dims(vi)) for vi in graph.input]
-        self.network.outputs = [_Tensor(vi.name, dims(vi)) for vi in graph.output]
+        self.network.inputs = [_Tensor(vi.name, dims(vi)) for vi in proto.graph.input]
+        self.network.outputs = [_Tensor(vi.name, dims(vi)) for vi in proto.graph.output]
+        self.network.model = proto
         return True
 
     @property
@@ -154,7 +196,7 @@ class _TimingCache:
 
     def serialize(self) -> _HostMemory:
         self.trt.record("ITimingCache.serialize")
-        return _HostMemory(TIMING_MAGIC + self.trt.device_tag)
+        return _HostMemory(timing_cache_bytes(self.trt.__version__, self.trt.device_tag))
 
 
 class _Config:
@@ -200,12 +242,21 @@ class _Config:
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
-    def create_timing_cache(self, data: bytes) -> _TimingCache:
-        self.trt.record("IBuilderConfig.create_timing_cache", bytes(data))
-        return _TimingCache(self.trt, bytes(data))
+    def _own(self, data: bytes) -> bool:
+        return not data or data == timing_cache_bytes(self.trt.__version__, self.trt.device_tag)
+
+    def create_timing_cache(self, data: bytes) -> _TimingCache | None:
+        data = bytes(data)
+        self.trt.record("IBuilderConfig.create_timing_cache", data)
+        if not self._own(data):
+            if self.trt.foreign_timing_cache == "none":
+                return None
+            if self.trt.foreign_timing_cache == "raise":
+                raise RuntimeError("Error Code 1: Serialization (timing cache of another TensorRT/device)")
+        return _TimingCache(self.trt, data)
 
     def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
-        ok = not cache.data or cache.data == TIMING_MAGIC + self.trt.device_tag or ignore_mismatch
+        ok = self._own(cache.data) or ignore_mismatch
         self.trt.record("IBuilderConfig.set_timing_cache", cache.data, ignore_mismatch, ok)
         if ok:
             object.__setattr__(self, "timing_cache", cache)
@@ -218,7 +269,9 @@ class _Config:
 class _Builder:
     def __init__(self, trt: FakeTensorRT, logger: Any) -> None:
         self.trt = trt
+        self.device = trt.current_device()  # TensorRT builds on the calling thread's current device
         trt.record("Builder", logger)
+        trt.record("Builder.device", self.device)
 
     @property
     def num_DLA_cores(self) -> int:  # noqa: N802 - real name
@@ -241,21 +294,26 @@ class _Builder:
             return f"strongly typed network cannot use precision flags {weak}"
         if any(-1 in t.shape for t in network.inputs) and not config.profiles:
             return "network has dynamic inputs but no optimization profile"
+        if config.calibrator is not None:
+            cache = bytes(config.calibrator.read_calibration_cache() or b"")
+            self.trt.record("calibrator.read_calibration_cache", cache)
+            own = cache.decode("ascii", "replace").startswith(cache_header(self.trt.__version__) + "\n")
+            # a skipped cache (NVIDIA/TensorRT#1378) means calibrating, which needs batches the calibrator lacks
+            if not own and config.calibrator.get_batch(["input"]) is None:
+                return "calibration cache rejected and no calibration data: Tensor \"input\" is bound to nullptr"
         return None
 
     def build_serialized_network(self, network: _Network, config: _Config) -> _HostMemory | None:
         self.trt.record("Builder.build_serialized_network")
-        if config.calibrator is not None:
-            self.trt.record("calibrator.read_calibration_cache", config.calibrator.read_calibration_cache())
         error = self._build_error(network, config)
         if error or self.trt.fail_build:
             self.trt.record("build_error", error or "forced failure")
             return None
-        inp, out = network.inputs[0], network.outputs[0]
+        inp = network.inputs[0]
         shapes = config.profiles[0].shapes[inp.name] if config.profiles else (inp.shape,) * 3
-        meta = {"input": inp.name, "output": out.name, "classes": out.shape[1], "shapes": shapes,
-                "version": self.trt.__version__}
-        return _HostMemory(PLAN_MAGIC + json.dumps(meta).encode())
+        assert network.model is not None
+        meta = {**engine_meta(network.model, shapes), "device": self.device}
+        return _HostMemory(plan_bytes(self.trt.__version__, meta))
 
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -293,6 +351,9 @@ class _Context:
 
     def _run(self, in_ptr: int, out_ptr: int) -> bool:
         assert self.input_shape is not None
+        built_on, here = self.engine.meta.get("device", 0), self.trt.current_device()
+        if built_on != here:  # the engine's memory and kernels live on the device it was deserialized for
+            raise RuntimeError(f"engine of CUDA device {built_on} executed with device {here} current")
         mem = self.trt.memory
         x = np.frombuffer(mem[in_ptr], np.float32, int(np.prod(self.input_shape))).reshape(self.input_shape)
         k = self.engine.meta["classes"]
@@ -380,9 +441,11 @@ class _Runtime:
 
     def deserialize_cuda_engine(self, data: bytes) -> _Engine | None:
         self.trt.record("Runtime.deserialize_cuda_engine", len(data))
-        if not data.startswith(PLAN_MAGIC):
-            return None
-        return _Engine(self.trt, json.loads(data[len(PLAN_MAGIC):]))
+        plan = read_plan(bytes(data))
+        if plan is None or plan[0] != version_tuple(self.trt.__version__):
+            return None  # "The engine plan file is not compatible with this version of TensorRT"
+        # an engine lives on the device current when it is deserialized
+        return _Engine(self.trt, {**plan[1], "built_on": plan[1].get("device"), "device": self.trt.current_device()})
 
 
 class _Logger:
@@ -407,15 +470,17 @@ class FakeTensorRT(_Recorder):
     """Pass as ``trt=`` wherever edge_resnet takes an injectable tensorrt module."""
 
     def __init__(self, version: str = "10.3.0", dla_cores: int = 0, unsupported_ops: frozenset[str] = frozenset(),
-                 fail_build: bool = False, device_tag: bytes = b"gpu0") -> None:
+                 fail_build: bool = False, device_tag: bytes = b"gpu0", foreign_timing_cache: str = "reject") -> None:
         super().__init__()
         self.__version__ = version
-        self.generation = _generation(version)
+        self.generation = int(version.split(".")[0])
         self.dla_cores = dla_cores
         self.unsupported_ops = set(unsupported_ops)
         self.fail_build = fail_build
         self.device_tag = device_tag
+        self.foreign_timing_cache = foreign_timing_cache
         self.memory: dict[int, bytearray] = {}
+        self.current_device = lambda: 0  # replaced by the CUDA fake the test attaches (attach_cuda)
         self.NetworkDefinitionCreationFlag = IntEnum("NetworkDefinitionCreationFlag", _NETWORK_FLAGS[self.generation])
         self.BuilderFlag = IntEnum("BuilderFlag", _BUILDER_FLAGS[self.generation])
         self.MemoryPoolType = IntEnum("MemoryPoolType", _MEMORY_POOLS)
@@ -440,43 +505,79 @@ class FakeTensorRT(_Recorder):
         return _NPTYPES[int(dtype)]
 
 
-class FakeCuda(_Recorder):
-    """The runner's CUDA interface over host memory shared with a FakeTensorRT."""
+# ------------------------------------------------------------------------------------------------ CUDA
 
-    def __init__(self, trt: FakeTensorRT, device: DeviceInfo) -> None:
+
+class FakeCuda(_Recorder):
+    """The runner's CUDA interface over host memory shared with a FakeTensorRT; device work only inside
+    ``activate()`` on the calling thread (the per-thread rule of :mod:`edge_resnet.backends.tensorrt.cuda`)."""
+
+    def __init__(self, trt: FakeTensorRT, device: DeviceInfo, devices: int = 2) -> None:
         super().__init__()
+        self.trt = trt
         self.memory, self.device = trt.memory, device
+        self.devices = devices
+        self.index = 0
+        self._local = threading.local()
         self._ptrs = count(0x1000, 0x1000)
+        trt.current_device = self.current_device
+
+    def current_device(self) -> int:
+        return getattr(self._local, "device", 0)
+
+    def _check(self, what: str) -> None:
+        if getattr(self._local, "depth", 0) < 1:
+            raise RuntimeError(f"{what} on thread {threading.current_thread().name} without an active CUDA device")
 
     def device_info(self, index: int) -> DeviceInfo:
+        if not 0 <= index < self.devices:
+            raise RuntimeError(f"invalid device ordinal {index}")
         return self.device
 
     def set_device(self, index: int) -> None:
         self.record("set_device", index)
+        self.index = index
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        previous = getattr(self._local, "device", 0)
+        self._local.device = self.index
+        self.record("activate", threading.current_thread().name, self.index)
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            self._local.device = previous
 
     def malloc(self, nbytes: int) -> int:
+        self._check("malloc")
         ptr = next(self._ptrs)
         self.memory[ptr] = bytearray(nbytes)
         self.record("malloc", nbytes)
         return ptr
 
     def free(self, ptr: int) -> None:
+        self._check("free")
         self.record("free", ptr)
         del self.memory[ptr]
 
     def stream_create(self) -> object:
+        self._check("stream_create")
         return object()
 
     def stream_handle(self, stream: object) -> int:
         return 7
 
     def htod(self, ptr: int, host: np.ndarray, stream: object) -> None:
+        self._check("htod")
         data = np.ascontiguousarray(host).tobytes()
         assert len(data) <= len(self.memory[ptr]), "host to device copy overflows the device buffer"
         self.memory[ptr][: len(data)] = data
         self.record("htod", ptr, host.shape)
 
     def dtoh(self, host: np.ndarray, ptr: int, stream: object) -> None:
+        self._check("dtoh")
         host[...] = np.frombuffer(bytes(self.memory[ptr][: host.nbytes]), host.dtype).reshape(host.shape)
         self.record("dtoh", ptr, host.shape)
 
@@ -484,7 +585,190 @@ class FakeCuda(_Recorder):
         self.record("synchronize")
 
     def stream_destroy(self, stream: object) -> None:
+        self._check("stream_destroy")
         self.record("stream_destroy")
 
     def release(self) -> None:
         self.record("release")
+
+
+class LogicError(RuntimeError):
+    """pycuda._driver.LogicError"""
+
+
+class _PyCudaContext:
+    def __init__(self, drv: FakePyCudaDriver, index: int) -> None:
+        self.drv, self.index = drv, index
+
+    def push(self) -> None:
+        self.drv._stack().append(self)
+        self.drv.record("Context.push", threading.current_thread().name, self.index)
+
+    def detach(self) -> None:
+        self.drv.record("Context.detach", self.index)
+
+
+class _PyCudaAllocation:
+    def __init__(self, drv: FakePyCudaDriver, ptr: int) -> None:
+        self.drv, self.ptr = drv, ptr
+
+    def __int__(self) -> int:
+        return self.ptr
+
+    def free(self) -> None:
+        self.drv._require("DeviceAllocation.free")
+        self.drv.memory.pop(self.ptr, None)
+
+
+class FakePyCudaDriver(_Recorder):
+    """``pycuda.driver``: per-thread context stacks; device calls need a current context on the calling thread."""
+
+    def __init__(self, trt: FakeTensorRT, device: DeviceInfo, devices: int = 1) -> None:
+        super().__init__()
+        self.trt, self.memory, self.info, self.devices = trt, trt.memory, device, devices
+        self._local = threading.local()
+        self._ptrs = count(0x10000, 0x1000)
+        self.device_attribute = SimpleNamespace(MULTIPROCESSOR_COUNT="MULTIPROCESSOR_COUNT")
+        drv = self
+
+        class Context:
+            @staticmethod
+            def pop() -> None:
+                stack = drv._stack()
+                if not stack:
+                    raise LogicError("context::pop failed: cannot pop non-current context")
+                stack.pop()
+                drv.record("Context.pop", threading.current_thread().name)
+
+        class Device:
+            def __init__(self, index: int) -> None:
+                if not 0 <= index < drv.devices:
+                    raise LogicError(f"cuDeviceGet failed: invalid device ordinal {index}")
+                self.index = index
+
+            def name(self) -> str:
+                return drv.info.name
+
+            def compute_capability(self) -> tuple[int, int]:
+                major, minor = drv.info.compute_capability.split(".")
+                return int(major), int(minor)
+
+            def get_attribute(self, attribute: str) -> int:
+                assert attribute == "MULTIPROCESSOR_COUNT"
+                return int(drv.info.sm_count or 0)
+
+            def total_memory(self) -> int:
+                return int(drv.info.memory_mib or 0) << 20
+
+            def retain_primary_context(self) -> _PyCudaContext:
+                return _PyCudaContext(drv, self.index)  # retained, not pushed (cuDevicePrimaryCtxRetain)
+
+        class Stream:
+            def __init__(self) -> None:
+                drv._require("Stream")
+                self.handle = 0x51
+
+            def synchronize(self) -> None:
+                drv._require("Stream.synchronize")
+
+        self.Context, self.Device, self.Stream = Context, Device, Stream
+        trt.current_device = self.current_device
+
+    def _stack(self) -> list[_PyCudaContext]:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
+
+    def current_device(self) -> int:
+        stack = self._stack()
+        return stack[-1].index if stack else 0
+
+    def _require(self, what: str) -> None:
+        if not self._stack():
+            raise LogicError(f"{what} failed: explicit_context_dependent failed: invalid device context - no "
+                             "currently active context?")
+
+    def init(self) -> None:
+        self.record("init")
+
+    def mem_alloc(self, nbytes: int) -> _PyCudaAllocation:
+        self._require("mem_alloc")
+        ptr = next(self._ptrs)
+        self.memory[ptr] = bytearray(nbytes)
+        return _PyCudaAllocation(self, ptr)
+
+    def memcpy_htod_async(self, dest: int, src: np.ndarray, stream: Any = None) -> None:
+        self._require("memcpy_htod_async")
+        data = np.ascontiguousarray(src).tobytes()
+        self.memory[int(dest)][: len(data)] = data
+
+    def memcpy_dtoh_async(self, dest: np.ndarray, src: int, stream: Any = None) -> None:
+        self._require("memcpy_dtoh_async")
+        dest[...] = np.frombuffer(bytes(self.memory[int(src)][: dest.nbytes]), dest.dtype).reshape(dest.shape)
+
+
+class FakeCudart(_Recorder):
+    """``cuda.bindings.runtime``: (err, value) tuples; ``cudaSetDevice`` selects the calling thread's device."""
+
+    class cudaError_t:  # noqa: N801 - real name
+        cudaSuccess = 0
+        cudaErrorInvalidDevice = 101
+
+    class cudaMemcpyKind:  # noqa: N801
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self, trt: FakeTensorRT, device: DeviceInfo, devices: int = 2) -> None:
+        super().__init__()
+        self.trt, self.memory, self.info, self.devices = trt, trt.memory, device, devices
+        self._local = threading.local()
+        self._ptrs = count(0x100000, 0x1000)
+        trt.current_device = self.current_device
+
+    def current_device(self) -> int:
+        return getattr(self._local, "device", 0)  # the runtime API's default device is 0
+
+    def cudaGetDeviceProperties(self, index: int) -> tuple[int, Any]:  # noqa: N802
+        if not 0 <= index < self.devices:
+            return (self.cudaError_t.cudaErrorInvalidDevice, None)
+        major, minor = self.info.compute_capability.split(".")
+        prop = SimpleNamespace(name=self.info.name.encode() + b"\0\0", major=int(major), minor=int(minor),
+                               multiProcessorCount=self.info.sm_count or 0,
+                               totalGlobalMem=(self.info.memory_mib or 0) << 20)
+        return (self.cudaError_t.cudaSuccess, prop)
+
+    def cudaSetDevice(self, index: int) -> tuple[int]:  # noqa: N802
+        self.record("cudaSetDevice", threading.current_thread().name, index)
+        if not 0 <= index < self.devices:
+            return (self.cudaError_t.cudaErrorInvalidDevice,)
+        self._local.device = index
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaMalloc(self, nbytes: int) -> tuple[int, int]:  # noqa: N802
+        ptr = next(self._ptrs)
+        self.memory[ptr] = bytearray(nbytes)
+        self.record("cudaMalloc", self.current_device(), nbytes)
+        return (self.cudaError_t.cudaSuccess, ptr)
+
+    def cudaFree(self, ptr: int) -> tuple[int]:  # noqa: N802
+        self.memory.pop(ptr, None)
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:  # noqa: N802
+        return (self.cudaError_t.cudaSuccess, 0x77)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> tuple[int]:  # noqa: N802
+        import ctypes
+
+        self.record("cudaMemcpyAsync", self.current_device(), kind)
+        if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice:
+            self.memory[dst][:nbytes] = ctypes.string_at(src, nbytes)
+        else:
+            ctypes.memmove(dst, bytes(self.memory[src][:nbytes]), nbytes)
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (self.cudaError_t.cudaSuccess,)
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:  # noqa: N802
+        return (self.cudaError_t.cudaSuccess,)

@@ -7,11 +7,16 @@ ONNX and this cache, instead of from a Q/DQ graph. Format::
     input: 3c010a14
     /conv1/Conv_output_0: 3d8f5c29
 
-The header number is NV_TENSORRT_VERSION of the TensorRT that wrote it. Its encoding changed in 10.0:
-TensorRT 8.x headers define ``kNV_TENSORRT_VERSION_IMPL = MAJOR*1000 + MINOR*100 + PATCH`` (8.5.2 -> 8502,
-8.6.1 -> 8601), TensorRT 10+ headers ``NV_TENSORRT_VERSION_INT = MAJOR*10000 + MINOR*100 + PATCH``
-(10.3.0 -> 100300; trtexec 10.5 prints "TensorRT v100500"). Each line after the header is a tensor name and
-the big-endian IEEE-754 float32 bit pattern of its scale (amax / 127), 8 lowercase hex digits.
+The header number is NV_TENSORRT_VERSION of the TensorRT that wrote it (8.5.2 -> 8502, 10.3.0 -> 100300; see
+:func:`edge_resnet.backends.tensorrt.versions.version_code`). Each line after the header is a tensor name and the
+IEEE-754 float32 bit pattern of its scale (amax / 127) in hex, as NVIDIA's Q/DQ Translator writes it
+(NVIDIA/Deep-Learning-Accelerator-SW tools/qdq-translator/utils.py ``float_to_hex``/``export_to_trt_calib``).
+
+TensorRT skips a cache it deems incompatible (NVIDIA/TensorRT#1378: "trt will skip the file if it is
+incompatible") and then calibrates without data: TensorRT 10.3 given a ``TRT-8600`` header failed with "Tensor
+input is bound to nullptr" (NVIDIA/Deep-Learning-Accelerator-SW#26). What exactly it compares is not published,
+so a cache is always written for the exact TensorRT that reads it: the bundle carries the scales, and the device
+(``build_engine.sh``, or the Python build) writes the header of its own TensorRT (:func:`with_header`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from edge_resnet.backends.tensorrt.versions import version_code
 from edge_resnet.errors import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -32,18 +38,17 @@ log = logging.getLogger(__name__)
 CALIBRATOR_NAME = "EntropyCalibration2"
 _HEADER_RE = re.compile(r"^TRT-(\d+)-(\w+)$")
 
-# major version -> (multiplier of major, multiplier of minor); see the module docstring for the sources.
-_VERSION_ENCODING: dict[int, tuple[int, int]] = {8: (1000, 100), 10: (10000, 100)}
 
 
 def tensorrt_version_code(trt_version: str) -> int:
     """NV_TENSORRT_VERSION for a version string such as "8.5.2" or "10.3.0"."""
-    parts = re.findall(r"\d+", trt_version)
-    if len(parts) < 2:
+    if len(re.findall(r"\d+", trt_version)) < 2:
         raise QuantizationError(f"cannot read TensorRT version {trt_version!r}", 'write it as "8.5.2"')
-    major, minor, patch = (int(p) for p in (parts + ["0"])[:3])
-    major_mult, minor_mult = _VERSION_ENCODING[8] if major < 10 else _VERSION_ENCODING[10]
-    return major * major_mult + minor * minor_mult + patch
+    return version_code(trt_version)
+
+
+def header_for(trt_version: str) -> str:
+    return f"TRT-{tensorrt_version_code(trt_version)}-{CALIBRATOR_NAME}"
 
 
 def scale_to_hex(scale: float) -> str:
@@ -73,14 +78,22 @@ def _check_scales(scales: Mapping[str, float]) -> None:
 
 def format_calibration_cache(scales: Mapping[str, float], trt_version: str = "8.5.2") -> str:
     _check_scales(scales)
-    header = f"TRT-{tensorrt_version_code(trt_version)}-{CALIBRATOR_NAME}"
-    return "\n".join([header, *(f"{name}: {scale_to_hex(s)}" for name, s in scales.items())]) + "\n"
+    return "\n".join([header_for(trt_version), *(f"{name}: {scale_to_hex(s)}" for name, s in scales.items())]) + "\n"
+
+
+def with_header(text: str, trt_version: str) -> str:
+    """The same cache with the header of TensorRT ``trt_version`` (what the device does before a build)."""
+    lines = text.splitlines()
+    if not lines or not _HEADER_RE.match(lines[0].strip()):
+        raise QuantizationError("not a TensorRT calibration cache (no TRT-<version>-<calibrator> header)",
+                                "write it with edge_resnet.backends.tensorrt.calibration_cache")
+    return "\n".join([header_for(trt_version), *lines[1:]]) + "\n"
 
 
 def write_calibration_cache(path: Path | str, scales: Mapping[str, float], trt_version: str = "8.5.2") -> Path:
     """Write ``scales`` (tensor name -> amax/127) as a cache for TensorRT ``trt_version`` (atomically).
 
-    The default is the TensorRT of JetPack 5.1 (8.5.2), the only JetPack that needs this path.
+    The header only fits that TensorRT: the device rewrites it for its own (:func:`with_header`).
     """
     path = Path(path)
     text = format_calibration_cache(scales, trt_version)
@@ -104,7 +117,7 @@ def read_calibration_cache(path: Path | str) -> tuple[str, dict[str, float]]:
     if not lines or not _HEADER_RE.match(lines[0]):
         raise QuantizationError(
             f"{path} is not a TensorRT calibration cache (first line {lines[:1]})",
-            "write it with edge_resnet.quant.trt_cache.write_calibration_cache",
+            "write it with edge_resnet.backends.tensorrt.calibration_cache.write_calibration_cache",
         )
     scales: dict[str, float] = {}
     for ln in lines[1:]:

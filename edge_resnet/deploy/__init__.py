@@ -1,1 +1,0 @@
-"""Deployment bundles for devices that build their own engine (Jetson: trtexec + DeepStream)."""

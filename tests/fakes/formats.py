@@ -1,0 +1,58 @@
+"""The file formats the TensorRT fakes share (stdlib only, so the fake trtexec starts fast): plans with the real
+header (``ftrt`` magic, bytes 24/25/26 = major/minor/patch of the writer, NVIDIA/TensorRT#3073), calibration-cache
+headers (NV_TENSORRT_VERSION: 8.x MAJOR*1000+MINOR*100+PATCH, 10.x+ MAJOR*10000+MINOR*100+PATCH, NvInferRuntimeBase.h
+10.x) and timing caches."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+PLAN_MAGIC = b"ftrt"
+_META_MARK = b"FAKEPLAN"
+TIMING_MAGIC = b"FAKETIMING"
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    nums = [int(p) for p in re.findall(r"\d+", version)[:3]] + [0, 0]
+    return nums[0], nums[1], nums[2]
+
+
+def nv_version_code(version: str) -> int:
+    major, minor, patch = version_tuple(version)
+    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+
+
+def cache_header(version: str) -> str:
+    return f"TRT-{nv_version_code(version)}-EntropyCalibration2"
+
+
+# ------------------------------------------------------------------------------------------ plan format
+
+
+def plan_bytes(version: str, meta: dict[str, Any]) -> bytes:
+    """A plan as the real header has it (magic, version at bytes 24-26), then our own payload."""
+    major, minor, patch = version_tuple(version)
+    header = bytearray(32)
+    header[:4] = PLAN_MAGIC
+    header[24:27] = bytes([major, minor, patch])
+    return bytes(header) + _META_MARK + json.dumps({**meta, "version": version}).encode()
+
+
+def read_plan(data: bytes) -> tuple[tuple[int, int, int], dict[str, Any]] | None:
+    if not data.startswith(PLAN_MAGIC) or data[32:40] != _META_MARK:
+        return None
+    return (data[24], data[25], data[26]), json.loads(data[40:])
+
+
+def engine_meta(model: Any, shapes: tuple[tuple[int, ...], ...]) -> dict[str, Any]:
+    """What the fake engine needs from the ONNX graph it was built from."""
+    inp, out = model.graph.input[0], model.graph.output[0]
+    out_dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    return {"input": inp.name, "output": out.name, "classes": out_dims[1] if len(out_dims) > 1 else 1,
+            "shapes": [list(s) for s in shapes]}
+
+
+def timing_cache_bytes(version: str, device_tag: bytes) -> bytes:
+    return TIMING_MAGIC + version.encode() + b"/" + device_tag
