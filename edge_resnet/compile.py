@@ -74,6 +74,7 @@ class CompileOptions:
     force: bool = False
     progress: bool = True
     budget: DriftBudget | None = None  # validate after building; keep layers float until the drift fits
+    ray: Any = None  # distributed.cluster.RayOptions: the calibration pass on a Ray cluster (same statistics)
 
 
 @dataclass
@@ -161,8 +162,13 @@ def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, 
                                    total_images=options.calib_count, progress=options.progress)
         return stats, {"source": RANDOM_CALIB, "random": True, "count": options.calib_count, "seed": options.seed}
     data = open_dataset(options.calib, spec, count=options.calib_count, seed=options.seed)
-    stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
-                               threads=options.calibration.threads, progress=options.progress)
+    if options.ray is not None:
+        from edge_resnet.distributed.calibrate import collect_statistics_on_ray
+
+        stats = collect_statistics_on_ray(fg.model, tensors, data, bs, options.ray, progress=options.progress)
+    else:
+        stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
+                                   threads=options.calibration.threads, progress=options.progress)
     record = {"source": options.calib, "random": False, "count": stats.images, "seed": options.seed,
               "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
     return stats, record

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
-from edge_resnet.cli.options import WEIGHTS_HELP
+from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
 
 
 @click.command("compile")
@@ -41,9 +41,11 @@ from edge_resnet.cli.options import WEIGHTS_HELP
               help="With --max-drop: rebuilds with more layers kept float before giving up.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+@ray_options
 def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, exclude, labels_file, input_size, resize, mean, std,
-             channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
+             channel_order, max_drop, val_source, val_count, max_rebuilds, force, output, ray_cluster=None,
+             ray_actors=None) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
@@ -53,6 +55,9 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
 
     if (max_drop is None) != (val_source is None):
         raise click.UsageError("--max-drop and --val go together: the budget is checked on the --val data")
+    from edge_resnet.distributed.cluster import check_ray
+
+    ray = check_ray(ray_cluster, ray_actors)  # the calibration pass; before any long work
 
     base = None  # the preprocessing the options change: a Keras checkpoint's own, else ImageNet's
     if onnx_path is None:
@@ -69,7 +74,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
         target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,
         calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile),
         exclude=tuple(exclude), spec=spec, labels=labels, force=force,
-        budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None)
+        budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None, ray=ray)
     result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact

@@ -46,3 +46,16 @@ def build_from_options(model_name: str | None, variant: str | None, weights: str
                         pooling=pooling if no_top else None)
     digest = load_weights(model, weights) if weights else None
     return model.eval(), digest
+
+
+def ray_options(f: F) -> F:
+    """``--ray`` and ``--ray-actors`` (Ray itself is imported only when they are given)."""
+    for opt in reversed([
+        click.option("--ray", "ray_cluster", metavar="auto|local|ADDRESS", default=None,
+                     help="Run on a Ray cluster (pip install 'edge-resnet[ray]'): local starts one on this machine, "
+                          "auto joins the one `ray start` runs here, or HOST:PORT. Results equal the local run's."),
+        click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+                     help="With --ray: actors (each loads the bundle once); default one per CPU of the cluster."),
+    ]):
+        f = opt(f)
+    return f

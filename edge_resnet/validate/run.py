@@ -259,6 +259,19 @@ def _compare(reference: Any, runner: Any, data: Dataset, classes: int | None, ma
     return _Pass(stream, kept)
 
 
+def _compare_on_ray(bundle: Bundle, data: Dataset, classes: int | None, mapping: np.ndarray | None,
+                    batch_size: int, layer_images: int, progress: bool, ray: Any) -> _Pass:
+    """``_compare`` on a Ray cluster: the same batches and metrics (see edge_resnet.distributed)."""
+    from edge_resnet.distributed.validate import compare_on_ray
+
+    labels = _mapped(data.labels, mapping, classes) if classes is not None else None
+    stream, kept = compare_on_ray(bundle, data, classes, labels, batch_size, _layer_sample(len(data), layer_images),
+                                  progress, ray)
+    if stream.count == 0:
+        raise DataError(f"no images to validate on in {data.info['path']}", "pass --data with images")
+    return _Pass(stream, kept)
+
+
 def _per_class(stream: StreamingMetrics, names: list[str]) -> list[ClassAccuracy]:
     if "float" not in stream.confusion:
         return []
@@ -287,10 +300,13 @@ def _num_outputs(reference: FloatReference) -> int | None:
 
 def validate_bundle(bundle: Bundle, data: Dataset, *, max_drop: float | None = None, per_layer: bool = True,
                     progress: bool = True, batch_size: int = BATCH_SIZE, layer_images: int = LAYER_IMAGES,
-                    runner: Any = None, reference: FloatReference | None = None) -> ValidationResult:
+                    runner: Any = None, reference: FloatReference | None = None,
+                    ray: Any = None) -> ValidationResult:
     """Run the float reference and the bundle's artifact on ``data``; see the module docstring.
 
     ``runner``/``reference``: already loaded ones to reuse (the drift budget's rebuild loop).
+    ``ray``: run the comparison on a Ray cluster (``auto``/``local``/an address, or a
+    ``distributed.cluster.RayOptions``); the result is the local one.
     """
     reference = reference or FloatReference(bundle.float_model())
     classifier = bundle.output_kind == "logits"
@@ -302,13 +318,18 @@ def validate_bundle(bundle: Bundle, data: Dataset, *, max_drop: float | None = N
     if classes is not None and len(names) != classes:
         names = [f"class_{i}" for i in range(classes)]
     mapping = label_map(names, data.class_names, classes) if classes is not None and data.labels is not None else None
-    own_runner = runner is None
-    runner = runner or bundle.load_runner()
-    try:
-        done = _compare(reference, runner, data, classes, mapping, batch_size, layer_images if per_layer else 0, progress)
-    finally:
-        if own_runner:
-            runner.close()
+    if ray is not None:
+        done = _compare_on_ray(bundle, data, classes, mapping, batch_size, layer_images if per_layer else 0,
+                               progress, ray)
+    else:
+        own_runner = runner is None
+        runner = runner or bundle.load_runner()
+        try:
+            done = _compare(reference, runner, data, classes, mapping, batch_size, layer_images if per_layer else 0,
+                            progress)
+        finally:
+            if own_runner:
+                runner.close()
     stream = done.stream
     art = bundle.artifact
     kept = kept_float_of(bundle.manifest)
