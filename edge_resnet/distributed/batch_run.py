@@ -10,6 +10,7 @@ the results in order as they come back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,12 @@ def _label_names(labels: list[str] | None, n: int) -> list[str]:
 
 
 def run_batch(bundle_dir: str | Path, source: str, out: str | Path, ray: RayOptions | str, *, top_k: int = 5,
-              batch_size: int = DEFAULT_BATCH, progress: bool = True) -> BatchRunSummary:
-    """Run ``bundle_dir`` over every image and frame of ``source`` on a Ray cluster; results to ``out``."""
+              batch_size: int = DEFAULT_BATCH, progress: bool = True,
+              on_batch: Callable[[int], None] | None = None) -> BatchRunSummary:
+    """Run ``bundle_dir`` over every image and frame of ``source`` on a Ray cluster; results to ``out``.
+
+    ``on_batch``: called on the driver with each batch's number once its results are written.
+    """
     check_out(out)
     bundle = load_bundle(bundle_dir)
     kind = bundle.manifest["model"]
@@ -92,6 +97,8 @@ def run_batch(bundle_dir: str | Path, source: str, out: str | Path, ray: RayOpti
                     columns.update(indices=idx, scores=np.asarray(row["scores"]),
                                    labels=[[names[j] for j in r] for r in idx.tolist()])
                 writer.write(columns)
+                if on_batch is not None:
+                    on_batch(int(row["seq"]))
             path = writer.commit()
         except BaseException:
             writer.abort()
