@@ -75,18 +75,14 @@ def assert_same_json(local: Any, distributed: Any, where: str = "") -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["openvino", "onnxruntime"])
-def test_validate_on_ray_gives_the_local_json(cluster: Any, request: pytest.FixtureRequest, tmp_path: Path,
-                                              name: str) -> None:
-    bundle = bundle_of(request, name)
-    # the per-layer error runs on the driver on images the workers send back: checked once
-    per_layer = [] if name == "onnxruntime" else ["--no-per-layer"]
-    common = ["validate", str(bundle), "--data", "digits:test", "--count", "90", "--batch-size", "16", *per_layer]
+def test_validate_on_ray_gives_the_local_json(cluster: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The cpu (OpenVINO) bundle; the onnxruntime one, with the per-layer error, is the README's."""
+    bundle = bundle_of(request, "openvino")
+    common = ["validate", str(bundle), "--data", "digits:test", "--count", "90", "--batch-size", "16", "--no-per-layer"]
     invoke(*common, "--json", str(tmp_path / "local.json"))
     invoke(*common, "--json", str(tmp_path / "ray.json"), "--ray", "local", "--no-progress")
     local, distributed = (json.loads((tmp_path / f).read_text()) for f in ("local.json", "ray.json"))
     assert local["data"]["count"] == 90 and local["confusion"] and local["metrics"]["sqnr_db"]  # the fields are there
-    assert bool(local["per_layer"]) == (name == "onnxruntime")
     assert_same_json(local, distributed)
 
 
@@ -94,14 +90,33 @@ def test_validate_on_ray_gives_the_local_json(cluster: Any, request: pytest.Fixt
 
 
 @pytest.mark.slow
-def test_calibration_on_ray_gives_a_byte_identical_int8_graph(cluster: Any, request: pytest.FixtureRequest,
-                                                               tmp_path: Path) -> None:
-    float_graph = bundle_of(request, "onnxruntime") / "model.float.onnx"
-    common = ["quantize", str(float_graph), "--calib", "digits:train", "--calib-count", "72", "--batch-size", "16"]
-    invoke(*common, "--scales", str(tmp_path / "local.json"), "-o", str(tmp_path / "local.onnx"))
-    invoke(*common, "--scales", str(tmp_path / "ray.json"), "-o", str(tmp_path / "ray.onnx"), "--ray", "local")
-    assert (tmp_path / "local.onnx").read_bytes() == (tmp_path / "ray.onnx").read_bytes()
-    assert (tmp_path / "local.json").read_text() == (tmp_path / "ray.json").read_text()
+def test_compile_calibration_on_ray_gives_the_local_statistics_and_qdq_graph(
+        cluster: Any, request: pytest.FixtureRequest) -> None:
+    """compile's calibration pass (calibrate_for) with and without --ray: equal histograms, the same bytes."""
+    from dataclasses import replace
+
+    from edge_resnet.bundle import load_bundle
+    from edge_resnet.compile import CompileOptions, calibrate_for, quant_config
+    from edge_resnet.distributed.cluster import RayOptions
+    from edge_resnet.graph.load import load_onnx
+    from edge_resnet.graph.prepare import prepare_float_graph
+    from edge_resnet.quant.pipeline import quantize_graph
+    from edge_resnet.targets import get_target
+
+    bundle = bundle_of(request, "onnxruntime")
+    fg = prepare_float_graph(load_onnx(bundle / "model.float.onnx"))
+    profile = get_target("onnxruntime")
+    spec = load_bundle(bundle).spec
+    local_options = CompileOptions(target="onnxruntime", calib="digits:train", calib_count=48, progress=False)
+    local, record = calibrate_for(fg, profile, spec, local_options)
+    distributed, ray_record = calibrate_for(fg, profile, spec, replace(local_options, ray=RayOptions("local")))
+    assert record == ray_record and distributed.images == local.images == 48
+    assert distributed.hists.keys() == local.hists.keys()
+    assert all(distributed.hists[t] == h for t, h in local.hists.items())
+    config = quant_config(profile)
+    graphs = [quantize_graph(fg.model, st, config, local_options.calibration).model.SerializeToString()
+              for st in (local, distributed)]
+    assert graphs[0] == graphs[1]
 
 
 def test_histograms_merged_from_batches_equal_one_pass() -> None:
@@ -187,22 +202,6 @@ def read_parquet(path: Path) -> list[tuple[str, int, int]]:
     return [(Path(s).name, f, i) for s, f, i in zip(t["source"], t["frame"], t["index"], strict=True)]
 
 
-@pytest.mark.slow
-def test_batch_run_over_images_and_a_video_gives_the_runtimes_labels_in_order(
-        cluster: Any, request: pytest.FixtureRequest, frames_folder: Path, tmp_path: Path) -> None:
-    bundle = bundle_of(request, "onnxruntime")
-    out = tmp_path / "results.jsonl"
-    r = invoke("run", str(bundle), "--source", str(frames_folder), "--ray", "local", "--out", str(out),
-               "--batch-size", "4", "--top-k", "3")
-    assert f"{N_IMAGES + N_VIDEO} images/frames from {N_IMAGES + 1} file(s)" in r.output
-    got = read_jsonl(out)
-    assert got == runtime_labels(bundle, frames_folder)
-    assert len(set((s, f) for s, f, _ in got)) == len(got)  # no duplicates; the equality above: no gaps
-    again = CliRunner().invoke(cli, ["run", str(bundle), "--source", str(frames_folder), "--ray", "local",
-                                     "--out", str(out)])
-    assert again.exit_code != 0 and "never overwrites" in again.output  # the results file is kept
-
-
 def infer_actors() -> list[dict[str, Any]]:
     """The batch run's actors, from the cluster's actor table (the state API needs the dashboard)."""
     from ray._private.state import state
@@ -230,11 +229,11 @@ def test_batch_run_after_an_actor_is_killed_mid_run_loses_and_repeats_nothing(
         os.kill(alive[0]["Pid"], signal.SIGKILL)  # the worker process dies, as on a lost node
         killed.append(seq)
 
-    out = tmp_path / "results.parquet"
+    out = tmp_path / "results.jsonl"
     summary = run_batch(bundle, str(frames_folder), out, RayOptions("local", actors=1), batch_size=4,
                         progress=False, on_batch=kill_the_actor)
     assert killed == [0] and summary.items == N_IMAGES + N_VIDEO
-    assert read_parquet(out) == runtime_labels(bundle, frames_folder)
+    assert read_jsonl(out) == runtime_labels(bundle, frames_folder)
     ours = [a for a in infer_actors() if a["ActorID"] not in before]
     assert len(ours) == 1 and ours[0]["NumRestarts"] >= 1, ours  # the batches after the kill ran on its restart
 
@@ -268,18 +267,46 @@ def readme_ray_commands() -> list[str]:
     return [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
 
 
+def readme_args(line: str, bundle: Path, frames: Path) -> list[str]:
+    args = shlex.split(line.replace("edge-resnet-demo/onnxruntime", str(bundle)).replace("videos/", f"{frames}/"))
+    assert args[0] == "edge-resnet", line
+    return args[1:]
+
+
+def without_ray(args: list[str]) -> list[str]:
+    i = args.index("--ray")
+    return args[:i] + args[i + 2:]
+
+
+def swap(args: list[str], option: str, value: str) -> list[str]:
+    i = args.index(option)
+    return [*args[:i + 1], value, *args[i + 2:]]
+
+
 @pytest.mark.slow
-def test_readme_ray_commands_run(cluster: Any, request: pytest.FixtureRequest, frames_folder: Path,
-                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every command of the README's Ray section, on the session's bundle and frames."""
+def test_readme_ray_commands_run_and_give_the_local_results(cluster: Any, request: pytest.FixtureRequest,
+                                                            frames_folder: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of the README's Ray section, on the session's onnxruntime bundle and a folder of
+    images and a video, each against its local counterpart: the validation JSON field by field (with
+    the per-layer error), the calibrated Q/DQ graph byte for byte, the batch run's rows == the runtime."""
     bundle = bundle_of(request, "onnxruntime")
     monkeypatch.chdir(tmp_path)
-    commands = readme_ray_commands()
-    assert len(commands) >= 3
-    for line in commands:
-        args = shlex.split(line.replace("edge-resnet-demo/onnxruntime", str(bundle))
-                           .replace("videos/", str(frames_folder)))
-        assert args[0] == "edge-resnet", line
-        r = CliRunner().invoke(cli, args[1:])
-        assert r.exit_code == 0, f"{line}\n{r.output}"
-    assert Path("validation.json").is_file() and Path("results.parquet").is_file() and Path("model.int8.onnx").is_file()
+    commands = {line.split()[1]: readme_args(line, bundle, frames_folder) for line in readme_ray_commands()}
+    assert sorted(commands) == ["quantize", "run", "validate"]
+    for args in commands.values():
+        invoke(*args)
+
+    invoke(*swap(without_ray(commands["validate"]), "--json", "local.json"))
+    local, distributed = (json.loads(Path(f).read_text()) for f in ("local.json", "validation.json"))
+    assert local["per_layer"] and local["confusion"] and local["data"]["count"] > 100
+    assert_same_json(local, distributed)
+
+    invoke(*swap(without_ray(commands["quantize"]), "-o", "local.int8.onnx"))
+    assert Path("local.int8.onnx").read_bytes() == Path("model.int8.onnx").read_bytes()
+
+    rows = read_parquet(Path("results.parquet"))
+    assert rows == runtime_labels(bundle, frames_folder)  # every image and frame once, in source order
+    assert len(rows) == N_IMAGES + N_VIDEO
+    again = CliRunner().invoke(cli, commands["run"])
+    assert again.exit_code != 0 and "never overwrites" in again.output  # the results file is kept
