@@ -71,7 +71,28 @@ class ValidateActor(_ShippedBundle):
         x, y, keep = self.reader.batch(start, stop)
         metrics = StreamingMetrics(self.classes)
         metrics.update(self.reference.infer(x), self.runner.infer(x), y if self.classes is not None else None)
-        return _out(seq, stop - start, metrics=metrics, kept=x[keep].copy() if keep.any() else None)
+        confusion = sparse_confusion(metrics)
+        return _out(seq, stop - start, metrics=metrics, confusion=confusion,
+                    kept=x[keep].copy() if keep.any() else None)
+
+
+def sparse_confusion(metrics: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Take the batch's confusion matrices out of ``metrics`` as (flat index, count) of their non-zero
+    cells: a batch has at most batch-size of them, where a 1000-class matrix is 8 MB."""
+    out = {}
+    for key in list(metrics.confusion):
+        flat = metrics.confusion.pop(key).reshape(-1)
+        nz = np.flatnonzero(flat)
+        out[key] = (nz, flat[nz])
+    return out
+
+
+def add_confusion(metrics: Any, sparse: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Add :func:`sparse_confusion`'s cells into ``metrics.confusion`` (exact integer counts)."""
+    n = int(metrics.classes or 0)
+    for key, (idx, counts) in sparse.items():
+        cm = metrics.confusion.setdefault(key, np.zeros((n, n), dtype=np.int64))
+        cm.reshape(-1)[idx] += counts
 
 
 class CalibrateActor:

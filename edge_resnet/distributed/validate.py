@@ -2,7 +2,8 @@
 
 The batches are the local run's (same ``batch_size`` cuts of the same selected images), each actor
 runs the float reference and the artifact on them, and the per-batch ``StreamingMetrics`` are
-merged in batch order, so the totals are the very sums of the local run.
+merged in batch order, so the totals are the very sums of the local run. Confusion matrices travel
+as their non-zero cells (at most a batch's worth) and are added into the driver's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 
 from edge_resnet.bundle import Bundle
 from edge_resnet.data import Dataset
-from edge_resnet.distributed.actors import ValidateActor
+from edge_resnet.distributed.actors import ValidateActor, add_confusion
 from edge_resnet.distributed.cluster import RayOptions, connect
 from edge_resnet.distributed.merge import ordered
 from edge_resnet.distributed.plan import DataPlan, spans
@@ -34,6 +35,7 @@ def compare_on_ray(bundle: Bundle, data: Dataset, classes: int | None, labels: n
         rows = run_pool(cluster, batches, ValidateActor, kwargs, options)
         for row in ordered(rows, len(batches), len(data), "validating (ray)", progress):
             stream.merge(row["metrics"])
+            add_confusion(stream, row["confusion"])
             if row["kept"] is not None:
                 kept.append(row["kept"])
     return stream, kept
