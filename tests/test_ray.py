@@ -260,6 +260,18 @@ def test_ray_without_ray_installed_is_one_clear_message(tmp_path: Path) -> None:
     assert failed.stderr.count("error:") == 1
 
 
+def test_a_workers_error_is_one_clear_message(cluster: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A video OpenCV cannot open, found by the Ray task that counts its frames: the worker's DataError
+    reaches the user as that one message, not as Ray's traceback; no results file is left."""
+    bundle = bundle_of(request, "onnxruntime")
+    (tmp_path / "broken.avi").write_bytes(b"not a video" * 100)
+    r = CliRunner().invoke(cli, ["run", str(bundle), "--source", str(tmp_path), "--ray", "local",
+                                 "--out", str(tmp_path / "out.jsonl")])
+    assert r.exit_code == 1, r.output
+    assert "OpenCV cannot open video" in r.output and "Traceback" not in r.output and "RayTaskError" not in r.output
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def readme_ray_commands() -> list[str]:
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- ray-commands -->\s*```bash\n(.*?)```", text, re.S)

@@ -24,9 +24,10 @@ from edge_resnet.distributed.frames import count_frames, is_video, list_sources
 from edge_resnet.distributed.merge import ordered
 from edge_resnet.distributed.output import check_out, open_writer
 from edge_resnet.distributed.plan import frame_table, spans
-from edge_resnet.distributed.pool import run_pool
+from edge_resnet.distributed.pool import run_pool, worker_errors
 from edge_resnet.distributed.shipping import BundlePackage
-from edge_resnet.errors import BundleError
+from edge_resnet.errors import BundleError, DataError
+from edge_resnet.runtime.model import ModelKind, model_kind
 
 DEFAULT_BATCH = 16
 
@@ -64,8 +65,7 @@ def run_batch(bundle_dir: str | Path, source: str, out: str | Path, ray: RayOpti
     """
     check_out(out)
     bundle = load_bundle(bundle_dir)
-    kind = bundle.manifest["model"]
-    if bundle.output_kind != "logits" and kind.get("pooling", "avg") == "none":
+    if model_kind(bundle.manifest["model"]) is ModelKind.FEATURE_MAP:
         raise BundleError(f"{bundle.path} outputs feature maps, and a batch run writes labels or embeddings",
                           "compile a classifier, or an embedding bundle with --no-top --pooling avg")
     files = list_sources(source)
@@ -74,8 +74,11 @@ def run_batch(bundle_dir: str | Path, source: str, out: str | Path, ray: RayOpti
     start = time.perf_counter()
     with connect(options.cluster) as cluster:
         counter = cluster.ray.remote(num_cpus=1)(count_frames)
-        counts = dict(zip(videos, cluster.ray.get([counter.remote(str(files[i])) for i in videos]), strict=True))
+        with worker_errors():
+            counts = dict(zip(videos, cluster.ray.get([counter.remote(str(files[i])) for i in videos]), strict=True))
         table = frame_table(files, counts)
+        if len(table) == 0:
+            raise DataError(f"{source} has no frames to run on (its videos are empty)", "check that the videos play")
         batches = spans(len(table), batch_size, table.video_breaks())
         kwargs = {"package": cluster.ray.put(BundlePackage.of(bundle)), "table": cluster.ray.put(table),
                   "top_k": top_k, "threads": options.threads}
