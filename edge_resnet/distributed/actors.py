@@ -91,8 +91,9 @@ def add_confusion(metrics: Any, sparse: dict[str, tuple[np.ndarray, np.ndarray]]
     """Add :func:`sparse_confusion`'s cells into ``metrics.confusion`` (exact integer counts)."""
     n = int(metrics.classes or 0)
     for key, (idx, counts) in sparse.items():
-        cm = metrics.confusion.setdefault(key, np.zeros((n, n), dtype=np.int64))
-        cm.reshape(-1)[idx] += counts
+        if key not in metrics.confusion:
+            metrics.confusion[key] = np.zeros((n, n), dtype=np.int64)
+        metrics.confusion[key].reshape(-1)[idx] += counts
 
 
 class CalibrateActor:
