@@ -112,7 +112,7 @@ def driver_costs(bundle: Path) -> dict[str, float]:
     from edge_resnet.distributed.merge import InOrder
     from edge_resnet.distributed.output import ParquetWriter
     from edge_resnet.graph.load import load_onnx
-    from edge_resnet.quant.histogram import StreamingHistogram
+    from edge_resnet.quant.histogram import STATS_NUM_BINS, StreamingHistogram
     from edge_resnet.quant.qdq import QuantConfig, required_tensors
     from edge_resnet.validate.metrics import StreamingMetrics
 
@@ -150,11 +150,11 @@ def driver_costs(bundle: Path) -> dict[str, float]:
     for _ in range(20):
         part = {}
         for name in tensors:
-            h = StreamingHistogram(name=name)
+            h = StreamingHistogram(STATS_NUM_BINS, name=name)  # the calibration pass's bins
             h.update(rng.standard_normal(256).astype(np.float32) * rng.uniform(0.5, 4))
             part[name] = h
         hists.append(part)
-    merged = {name: StreamingHistogram(name=name) for name in tensors}
+    merged = {name: StreamingHistogram(STATS_NUM_BINS, name=name) for name in tensors}
     t = time.perf_counter()
     for part in hists:
         for name, h in part.items():

@@ -122,8 +122,10 @@ class Bundle:
 
     @property
     def output_kind(self) -> str:
-        """"logits" for classifiers, "features" for embedding/feature-map models."""
-        return self.manifest["model"].get("output", "logits")
+        """"logits" for classifiers, "features" for embedding/feature-map models (from ``model.kind``)."""
+        from edge_resnet.graph.head import HeadKind, manifest_kind
+
+        return "logits" if manifest_kind(self.manifest["model"]) is HeadKind.CLASSIFIER else "features"
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -17,6 +17,7 @@ import onnx
 from edge_resnet.backends.base import Artifact, get_backend
 from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
 from edge_resnet.data import PreprocessSpec, open_dataset
+from edge_resnet.data.recipes import calibration_sample
 from edge_resnet.errors import DataError, EdgeResnetError, QuantizationError
 from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
 from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
@@ -50,6 +51,7 @@ class ModelSource:
     include_top: bool = True
     pooling: str | None = None
     onnx: str | None = None
+    head: str | None = None  # --head: classifier | embedding | features (None: read from the graph)
 
     def describe(self) -> dict[str, Any]:
         if self.onnx:
@@ -65,8 +67,8 @@ class CompileOptions:
     target: str = "cpu"
     precision: Precision = Precision.INT8
     calib: str | None = None
-    calib_count: int = 512
-    seed: int = 0
+    calib_count: int | None = None  # None: the recipe's, else DEFAULT_CALIB_COUNT
+    seed: int | None = None  # None: the recipe's, else DEFAULT_SEED
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     exclude: tuple[str, ...] = ()
     spec: PreprocessSpec | None = None  # None: the ImageNet convention at the model's input size
@@ -92,13 +94,13 @@ class CompileResult:
 
 def float_graph_for(source: ModelSource, input_size: int) -> FloatGraph:
     if source.onnx:
-        return prepare_float_graph(load_onnx(source.onnx))
+        return prepare_float_graph(load_onnx(source.onnx), head=source.head)
     from edge_resnet.cli.options import build_from_options  # torch is imported here, not before
     from edge_resnet.graph.export import export_float_graph
 
     model, _ = build_from_options(source.name or "resnet50", source.variant, source.weights, source.num_classes,
                                   not source.include_top, source.pooling)
-    return export_float_graph(model, input_size)
+    return export_float_graph(model, input_size, head=source.head)
 
 
 def _spec_for(fg: FloatGraph, options: CompileOptions, source: ModelSource | None = None) -> PreprocessSpec:
@@ -156,20 +158,24 @@ def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, 
     config = QuantConfig(profile.activation_format, options.exclude)
     tensors = reusable_tensors(fg, profile) if reusable else _calibration_tensors(fg, profile, config)
     bs = options.calibration.batch_size
+    sample = calibration_sample(options.calib, options.calib_count, options.seed)
     if options.calib == RANDOM_CALIB:
         log.warning("calibrating on random inputs: this bundle is for latency measurements only, not accuracy")
-        stats = collect_statistics(fg.model, tensors, _random_batches(spec, options.calib_count, options.seed, bs),
-                                   total_images=options.calib_count, progress=options.progress)
-        return stats, {"source": RANDOM_CALIB, "random": True, "count": options.calib_count, "seed": options.seed}
-    data = open_dataset(options.calib, spec, count=options.calib_count, seed=options.seed)
+        stats = collect_statistics(fg.model, tensors, _random_batches(spec, sample.count, sample.seed, bs),
+                                   total_images=sample.count, progress=options.progress,
+                                   bias_correction=options.calibration.bias_correction)
+        return stats, {"source": RANDOM_CALIB, "random": True, "count": sample.count, "seed": sample.seed}
+    data = open_dataset(sample.source, spec, count=sample.count, seed=sample.seed, stride=sample.stride)
     if options.ray is not None:
         from edge_resnet.distributed.calibrate import collect_statistics_on_ray
 
-        stats = collect_statistics_on_ray(fg.model, tensors, data, bs, options.ray, progress=options.progress)
+        stats = collect_statistics_on_ray(fg.model, tensors, data, bs, options.ray, progress=options.progress,
+                                          bias_correction=options.calibration.bias_correction)
     else:
         stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
-                                   threads=options.calibration.threads, progress=options.progress)
-    record = {"source": options.calib, "random": False, "count": stats.images, "seed": options.seed,
+                                   threads=options.calibration.threads, progress=options.progress,
+                                   bias_correction=options.calibration.bias_correction)
+    record = {"source": sample.source, **sample.record(), "random": False, "count": stats.images, "seed": sample.seed,
               "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
     return stats, record
 
@@ -236,7 +242,8 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
             graphs["int8"] = INT8_ONNX
             extra["quantization"] = {"format": profile.activation_format.value, "quantized": dict(qgraph.report.quantized),
                                      "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude),
-                                     "weight_range": qgraph.config.weight_range.value}
+                                     "weight_range": qgraph.config.weight_range.value,
+                                     "bias_correction": qgraph.bias_correction}
         elif stats is not None:  # implicit TensorRT: scales for the calibration cache
             amax = stats.amax(options.calibration.method, **options.calibration.params())
             _write_scales(w.dir / SCALES, amax, options.calibration.method)
@@ -248,7 +255,8 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
         artifact = _build(profile, backend_input, w.dir, precision, spec, labels, stats, options)
         manifest = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {**source.describe(), "output": fg.output_name,
+            "model": {**source.describe(), "output": fg.output_name, "kind": fg.kind.value,
+                      **({"canonical": fg.canon.to_dict()} if fg.canon.changed else {}),
                       "input": {"name": describe_input(fg.model).name, "shape": [None, 3, spec.input_size, spec.input_size]},
                       "bn_fold": {"folded": len(fg.fold.folded), "kept": [b for b, _ in fg.fold.kept]}},
             "precision": precision.value,

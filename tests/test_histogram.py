@@ -252,3 +252,45 @@ def test_update_is_faster_than_onnxruntime_histogram_collector() -> None:
         theirs.collect_absolute_value({"t": x})
         t_theirs.append(time.perf_counter() - t0)
     assert min(t_ours) < min(t_theirs), (t_ours, t_theirs)
+
+
+def test_coarsened_equals_collecting_at_fewer_bins() -> None:
+    rng = np.random.default_rng(5)
+    batches = [rng.laplace(size=5000).astype(np.float32) * s for s in (1.0, 3.0, 0.5, 9.0)]
+    fine, coarse = StreamingHistogram(16384), StreamingHistogram(2048)
+    for b in batches:
+        fine.update(b)
+        coarse.update(b)
+    assert fine.coarsened(2048) == coarse
+    with pytest.raises(QuantizationError, match="coarsen"):
+        fine.coarsened(3000)
+
+
+def test_resampled_is_the_histogram_over_zero_to_amax_within_the_stated_bound() -> None:
+    rng = np.random.default_rng(6)
+    x = np.concatenate([np.maximum(rng.standard_t(3, 200_000), 0), [0.0] * 1000]).astype(np.float32)
+    h = StreamingHistogram(16384)
+    for part in np.array_split(x, 7):
+        h.update(part)
+    got, width = h.resampled(2048)
+    assert width == pytest.approx(float(x.max()) / 2048)
+    assert got.sum() == x.size and got.dtype == np.int64
+    exact, edges = np.histogram(np.abs(x).astype(np.float64), 2048, range=(0, float(np.abs(x).max())))
+    # each new edge can only misplace the values of the stored bin that straddles it
+    fine_cdf = np.concatenate(([h.zero_count], h.zero_count + np.cumsum(h.counts)))
+    straddling = np.minimum((edges[1:-1] / h.bin_width).astype(int), h.num_bins - 1)
+    bound = fine_cdf[straddling + 1] - fine_cdf[straddling]
+    assert (np.abs(np.cumsum(got)[:-1] - np.cumsum(exact)[:-1]) <= bound).all()
+    # an empty stretch stays empty: no value is spread into bins it is not near
+    assert ((got > 0) <= (np.convolve(exact > 0, [1, 1, 1], mode="same") > 0)).all()
+
+
+def test_resampled_where_the_edges_coincide_is_exact() -> None:
+    x = np.float32([0.0, 0.3, 1.0, 2.5, 4.0, -4.0])  # amax 4 = 16384 stored bins of 2**-12
+    h = StreamingHistogram(16384)
+    h.update(x)
+    got, width = h.resampled(2048)
+    assert width == 4 / 2048
+    exact, _ = np.histogram(np.abs(x), 2048, range=(0, 4))
+    # values on an edge: ours are right-closed bins, np.histogram's left-closed (top bin closed)
+    assert got.sum() == 6 and got[0] == exact[0] and got[-1] == 2

@@ -235,13 +235,23 @@ def test_two_dimensional_input(tmp_path):
 
 
 def test_channels_last_input(tmp_path):
+    """load_onnx takes an NHWC graph (the layout pass rewrites it to NCHW later); the canonical checks
+    (describe_input without channels_last_ok) still refuse one, and a graph without a conv is not a ResNet."""
+    from edge_resnet.graph.load import describe_input
+    from edge_resnet.graph.prepare import prepare_float_graph
+
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 224, 224, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 224, 224, 3])
     p = save_helper_model(tmp_path / "m.onnx", [x], [helper.make_node("Relu", ["x"], ["y"])], [y])
-    msg = bad(p)
-    assert msg.startswith(
+    model = load_onnx(p)
+    assert describe_input(model, channels_last_ok=True).layout == "NHWC"
+    with pytest.raises(GraphError) as exc:
+        describe_input(model, source=p)
+    assert str(exc.value).startswith(
         f"input 'x' of {p} has shape [N, 224, 224, 3], which looks channels-last (N, H, W, C)"
     )
+    with pytest.raises(GraphError, match=r"the graph has no convolution \(its ops: Relu\)"):
+        prepare_float_graph(model)
 
 
 def test_two_image_inputs(tmp_path):

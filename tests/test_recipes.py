@@ -28,3 +28,38 @@ def test_bad_recipes(tmp_path):
     bad.write_text('name = "x"\nsource = "a"\ncolour = "red"\n')
     with pytest.raises(DataError, match="invalid calibration recipe"):
         load_recipe(bad)
+
+
+def test_quantize_takes_a_recipe_as_calib(tmp_path, digits_r18):
+    """`--calib recipe:digits` is digits:train with the recipe's seed: the same Q/DQ graph, byte for byte."""
+    import onnx
+    from click.testing import CliRunner
+
+    from edge_resnet.cli.app import cli
+
+    model = tmp_path / "float.onnx"
+    onnx.save(digits_r18.float_graph, str(model))
+    outs = {}
+    for calib in ("recipe:digits", "digits:train"):
+        out = tmp_path / f"{calib.replace(':', '_')}.onnx"
+        r = CliRunner().invoke(cli, ["quantize", str(model), "--calib", calib, "--calib-count", "16", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        outs[calib] = out.read_bytes()
+    assert outs["recipe:digits"] == outs["digits:train"]
+
+
+def test_compile_records_the_recipe(tmp_path, digits_r18, cache_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    from edge_resnet.cli.app import cli
+
+    out = tmp_path / "b"
+    r = CliRunner().invoke(cli, ["compile", "--model", "resnet18", "--num-classes", "10", "--weights", str(digits_r18.checkpoint),
+                                 "--input-size", "32", "--resize", "32", "--target", "onnxruntime", "--calib", "recipe:digits",
+                                 "--calib-count", "16", "-o", str(out)], env={"EDGE_RESNET_CACHE": str(cache_dir)})
+    assert r.exit_code == 0, r.output
+    calibration = json.loads((out / "manifest.json").read_text())["calibration"]
+    assert calibration["recipe"] == "recipe:digits" and calibration["source"] == "digits:train"
+    assert calibration["count"] == 16 and calibration["seed"] == 0

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
+from edge_resnet.cli.head_option import head_option
 from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
 
 
@@ -17,6 +18,7 @@ from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None, help="Any ResNet as an ONNX file instead of --model.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None,
               help="Classes of the classifier; default: a Keras file's, else 1000.")
+@head_option
 @click.option("--no-top", is_flag=True, help="Drop the classifier head (embedding or feature-map engines).")
 @click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None)
 @click.option("--target", default="cpu", show_default=True, help="Target profile name or .toml path (see `edge-resnet targets`).")
@@ -24,10 +26,13 @@ from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
 @click.option("--fp16", "precision", flag_value="fp16", help="FP16 build (a baseline).")
 @click.option("--fp32", "precision", flag_value="fp32", help="FP32 build (a baseline).")
 @click.option("--calib", default=None, help="Calibration data (required for --int8); 'random' for latency-only builds.")
-@click.option("--calib-count", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calib-count", type=click.IntRange(min=1), default=None,
+              help="Images to calibrate on (default: the recipe's, else 512).")
+@click.option("--seed", type=int, default=None, help="Seed of the calibration sample (default: the recipe's, else 0).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None)
 @click.option("--percentile", type=click.FloatRange(50, 100), default=None)
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="Correct each layer's mean output shift from the calibration set (default: as measured in benchmarks/).")
 @click.option("--exclude", multiple=True, help="Keep a layer float (name or op type); repeatable.")
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Class names, one per line (default: class folders of --calib when they match).")
@@ -42,14 +47,14 @@ from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
 @ray_options
-def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooling, target, precision, calib,
-             calib_count, seed, method, percentile, exclude, labels_file, input_size, resize, mean, std,
+def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
+             calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
              channel_order, max_drop, val_source, val_count, max_rebuilds, force, output, ray_cluster=None,
              ray_actors=None) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
-    from edge_resnet.quant.pipeline import DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.types import Precision
     from edge_resnet.validate.budget import DriftBudget
 
@@ -66,19 +71,23 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, no_top, pooli
         choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
         model_name, variant, num_classes = choice.name, choice.variant, choice.num_classes
         base = checkpoint_preprocessing(weights, input_size or 224) if weights else None
-    source = ModelSource(model_name, variant, weights, num_classes or 1000, not no_top, pooling, onnx_path)
+    source = ModelSource(model_name, variant, weights, num_classes or 1000, not no_top, pooling, onnx_path, head)
     spec = make_spec(input_size, resize, mean, std, channel_order, base=base) if any(
         v is not None for v in (input_size, resize, mean, std, channel_order)) else None
     labels = tuple(Path(labels_file).read_text(encoding="utf-8").splitlines()) if labels_file else None
     options = CompileOptions(
         target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,
-        calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile),
+        calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile,
+                                       bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction),
         exclude=tuple(exclude), spec=spec, labels=labels, force=force,
         budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None, ray=ray)
     result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact
+    if onnx_path:
+        click.echo(f"{result.float_graph.canon}")
     click.echo(f"{result.float_graph.fold}")
+    click.echo(f"head: {result.float_graph.kind.value} (output '{result.float_graph.output_name}')")
     if result.report is not None:
         click.echo(f"{result.report}")
     click.echo(f"target {b.profile.name} ({art.backend.value}, {b.profile.device}), {art.precision.value}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from edge_resnet.cli.head_option import head_option
 from edge_resnet.cli.options import build_from_options, model_options
 
 
@@ -21,13 +22,16 @@ def export(model_name: str, variant: str | None, weights: str | None, num_classe
 
 @click.command("fold-bn")
 @click.argument("src", type=click.Path(dir_okay=False))
+@head_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
-def fold_bn(src: str, output: str) -> None:
-    """Fold BatchNormalization into the preceding Conv of any ResNet ONNX file."""
+def fold_bn(src: str, head: str | None, output: str) -> None:
+    """Fold BatchNormalization into the preceding Conv of any ResNet ONNX file (and bring it to the canonical
+    form: NCHW, decomposed BatchNorm and Pads merged, logits or features output)."""
     from edge_resnet.graph.load import load_onnx, save_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
 
-    fg = prepare_float_graph(load_onnx(src))
+    fg = prepare_float_graph(load_onnx(src), head=head)
     save_onnx(fg.model, output)
+    click.echo(f"{fg.canon}")
     click.echo(f"{fg.fold}")
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {output} ({fg.kind.value}, output '{fg.output_name}')")

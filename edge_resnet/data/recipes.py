@@ -15,6 +15,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PREFIX = "recipe:"
+DEFAULT_CALIB_COUNT = 512  # --calib-count when neither the command line nor a recipe gives one
+DEFAULT_SEED = 0
+DEFAULT_STRIDE = 10
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,28 @@ def load_recipe(src: str | Path) -> Recipe:
 def resolve(src: str | Path, count: int | None, seed: int | None, stride: int | None = None) -> tuple[str, int | None, int, int]:
     """(source, count, seed, stride) for a --calib value; explicit options win over a recipe's."""
     if not is_recipe(src):
-        return str(src), count, 0 if seed is None else seed, 10 if stride is None else stride
+        return str(src), count, DEFAULT_SEED if seed is None else seed, DEFAULT_STRIDE if stride is None else stride
     r = load_recipe(src)
     return (r.source, count if count is not None else r.count, r.seed if seed is None else seed,
             r.stride if stride is None else stride)
+
+
+@dataclass(frozen=True)
+class CalibrationSample:
+    """What a ``--calib`` value stands for once a recipe is read: the commands call this, not resolve."""
+
+    source: str
+    count: int
+    seed: int
+    stride: int
+    recipe: str | None = None  # the --calib value when it named a recipe
+
+    def record(self) -> dict[str, object]:
+        return {"recipe": self.recipe} if self.recipe else {}
+
+
+def calibration_sample(src: str | Path, count: int | None = None, seed: int | None = None) -> CalibrationSample:
+    """A recipe's source, count, seed and stride, each overridden by an explicit option."""
+    source, count, seed, stride = resolve(src, count, seed)
+    return CalibrationSample(source, DEFAULT_CALIB_COUNT if count is None else count, seed, stride,
+                             str(src) if is_recipe(src) else None)

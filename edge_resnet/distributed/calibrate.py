@@ -22,15 +22,22 @@ from edge_resnet.distributed.plan import DataPlan, spans
 from edge_resnet.distributed.pool import run_pool
 from edge_resnet.errors import DataError, QuantizationError
 from edge_resnet.quant.collect import ActivationStats
-from edge_resnet.quant.histogram import DEFAULT_NUM_BINS, StreamingHistogram
+from edge_resnet.quant.histogram import STATS_NUM_BINS, StreamingHistogram
 
 log = logging.getLogger(__name__)
 
 
 def collect_statistics_on_ray(model: onnx.ModelProto, tensors: list[str], data: Dataset, batch_size: int,
-                              ray: RayOptions | str, *, num_bins: int = DEFAULT_NUM_BINS,
-                              progress: bool = True) -> ActivationStats:
-    """``collect_statistics`` over ``data``'s batches, on a Ray cluster; the same statistics."""
+                              ray: RayOptions | str, *, num_bins: int = STATS_NUM_BINS,
+                              progress: bool = True, bias_correction: bool = False) -> ActivationStats:
+    """``collect_statistics`` over ``data``'s batches, on a Ray cluster; the same statistics.
+
+    Bias correction's statistics (window means, per-channel histograms) are not gathered on Ray yet.
+    """
+    if bias_correction:
+        raise QuantizationError("--bias-correction is not available with --ray yet (its per-channel statistics "
+                                "are not merged across workers)",
+                                "calibrate without --ray for a bias-corrected build, or pass --no-bias-correction")
     if not tensors:
         raise QuantizationError("nothing to calibrate: the graph has no quantizable layer",
                                 "check the model and the --exclude list")

@@ -4,9 +4,13 @@
   reports and ``--exclude`` speak the user's language. Conv/Gemm take the name of their weight;
   other nodes the module scope the torch exporter recorded; nodes of other exporters keep their
   names (made unique and non-empty).
-- ``ReduceMean``/``ReduceMax`` over H and W with keepdims become ``GlobalAveragePool`` /
-  ``GlobalMaxPool`` and the following reshape to (N, C) becomes ``Flatten``: the forms every
-  backend (and ORT's QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
+- ``ReduceMean``/``ReduceMax`` over H and W become ``GlobalAveragePool`` / ``GlobalMaxPool`` (with a
+  ``Flatten`` when they dropped the axes, as Keras' global pooling does), and the following reshape
+  or squeeze to (N, C) becomes ``Flatten``: the forms every backend (and ORT's
+  QLinearGlobalAveragePool) knows, and no Shape/Concat chain for a dynamic batch.
+- A ``Gemm`` whose weight is stored (in, out) (``transB=0``: a MatMul + Add head, Keras' Dense) gets it
+  transposed to (out, in) with ``transB=1``, as torch's Linear stores it: OpenVINO otherwise keeps a
+  Transpose of the (int8) weight in its runtime graph.
 - Each node's single output tensor takes the node's name (``layer4.2.conv3``), so calibration
   scales, the TensorRT calibration cache and per-layer reports read like the model. Graph inputs
   and outputs keep their names.
@@ -28,11 +32,14 @@ log = logging.getLogger(__name__)
 _GLOBAL_POOL = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
 
 
-def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def canonicalize(model: onnx.ModelProto, changes: list[str] | None = None) -> onnx.ModelProto:
+    """The canonical copy of ``model``; rewrites that keep the op counts are described into ``changes``."""
     model = _copy(model)
+    changes = changes if changes is not None else []
     _name_nodes(model.graph)
     _global_pools(model.graph)
     _flatten_after_pool(model.graph)
+    changes += [f"Gemm {name}: weight (in, out) -> (out, in), transB=1" for name in _gemm_weights_out_by_in(model.graph)]
     _remove_dead_nodes(model.graph)
     _name_tensors(model.graph)
     for node in model.graph.node:
@@ -106,32 +113,77 @@ def _const_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
 
 
 def _global_pools(graph: onnx.GraphProto) -> None:
+    nodes: list[onnx.NodeProto] = []
+    taken = {t for n in graph.node for t in (*n.input, *n.output)}
     for node in graph.node:
+        nodes.append(node)
         if node.op_type not in _GLOBAL_POOL:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1:
             axes = _const_ints(graph, node.input[1])
-        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or attrs.get("keepdims", 1) != 1:
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
             continue
         node.op_type = _GLOBAL_POOL[node.op_type]
         del node.input[1:]
         del node.attribute[:]
+        if attrs.get("keepdims", 1) == 0:  # (N, C): the pool keeps (N, C, 1, 1), a Flatten drops them
+            pooled = _fresh(f"{node.output[0]}_pooled", taken)
+            flat = helper.make_node("Flatten", [pooled], [node.output[0]], name=_fresh(f"{node.name}_flatten", taken), axis=1)
+            node.output[0] = pooled
+            nodes.append(flat)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
 
 
 def _flatten_after_pool(graph: onnx.GraphProto) -> None:
     producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
-        if node.op_type != "Reshape":
+        if node.op_type not in ("Reshape", "Squeeze"):
             continue
         src = producers.get(node.input[0])
         if src is None or src.op_type not in ("GlobalAveragePool", "GlobalMaxPool"):
             continue
+        if node.op_type == "Squeeze":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            axes = attrs.get("axes") or (_const_ints(graph, node.input[1]) if len(node.input) > 1 else None)
+            if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+                continue  # a squeeze without axes also drops a batch of 1
         node.op_type = "Flatten"
         del node.input[1:]
         del node.attribute[:]
         node.attribute.append(helper.make_attribute("axis", 1))
+
+
+def _gemm_weights_out_by_in(graph: onnx.GraphProto) -> list[str]:
+    done = []
+    inits = {t.name: t for t in graph.initializer}
+    readers = Counter(i for n in graph.node for i in n.input)
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits or readers[node.input[1]] != 1:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "transB" in attrs and attrs["transB"].i == 1:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if w.ndim != 2:
+            continue
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), node.input[1]))
+        if "transB" in attrs:
+            attrs["transB"].i = 1
+        else:
+            node.attribute.append(helper.make_attribute("transB", 1))
+        done.append(node.name)
+    return done
 
 
 def _remove_dead_nodes(graph: onnx.GraphProto) -> None:

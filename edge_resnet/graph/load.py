@@ -58,6 +58,7 @@ class InputInfo:
     dynamic_batch: bool
     batch: int | None  # the fixed batch size, None when dynamic
     dtype: str  # numpy name of the element type, e.g. "float32"
+    layout: str = "NCHW"  # "NHWC" for a channels-last input (only from load_onnx, before canonicalisation)
 
     @property
     def shape(self) -> tuple[int | None, int | None, int | None, int | None]:
@@ -90,7 +91,8 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
             "check that the file was written completely by the exporter; otherwise " + _EXPORT_FIX,
         ) from e
 
-    describe_input(model, source=p)  # fail on a graph that is not an image model before more work
+    # fail on a graph that is not an image model before more work; an NHWC input is rewritten later
+    describe_input(model, source=p, channels_last_ok=True)
 
     if external and not large:
         _load_external(model, p)  # load first: shape inference can then read constant shapes
@@ -138,8 +140,10 @@ def _infer_shapes(model: onnx.ModelProto, p: Path) -> onnx.ModelProto:
     return inferred
 
 
-def describe_input(model: onnx.ModelProto, source: str | os.PathLike[str] | None = None) -> InputInfo:
-    """The image input: the one graph input that is not an initializer, which must be 4-D NCHW."""
+def describe_input(model: onnx.ModelProto, source: str | os.PathLike[str] | None = None,
+                   channels_last_ok: bool = False) -> InputInfo:
+    """The image input: the one graph input that is not an initializer, which must be 4-D NCHW
+    (or NHWC with ``channels_last_ok``: graphs that :mod:`edge_resnet.graph.layout` rewrites)."""
     where = f" of {source}" if source is not None else ""
     graph = model.graph
     weights = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
@@ -183,6 +187,17 @@ def describe_input(model: onnx.ModelProto, source: str | os.PathLike[str] | None
             "expected a 4-D image input (N, C, H, W)",
             "edge-resnet compiles image classifiers; export the model with a (1, 3, H, W) example input",
         )
+    if channels_last_ok:
+        from edge_resnet.graph.layout import channels_last
+
+        if channels_last(model):
+            batch, height, width, channels = dims
+            if channels is None:
+                raise GraphError(
+                    f"input '{vi.name}'{where} has shape {shape_text} (channels-last) with a dynamic channel "
+                    "dimension; expected a fixed number of channels at axis 3 (N, H, W, C)",
+                    "export with only the batch (and optionally height/width) marked dynamic")
+            return InputInfo(vi.name, channels, height, width, batch is None, batch, _dtype_name(tt), "NHWC")
     batch, channels, height, width = dims
     if channels is None:
         raise GraphError(
@@ -196,10 +211,6 @@ def describe_input(model: onnx.ModelProto, source: str | os.PathLike[str] | None
             "expected channels-first (N, C, H, W)",
             "export the model with an NCHW input (tf2onnx: --inputs-as-nchw <input name>)",
         )
-    try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
-    except (KeyError, TypeError, ValueError):
-        dtype = TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "undefined"
     return InputInfo(
         name=vi.name,
         channels=channels,
@@ -207,8 +218,15 @@ def describe_input(model: onnx.ModelProto, source: str | os.PathLike[str] | None
         width=width,
         dynamic_batch=batch is None,
         batch=batch,
-        dtype=dtype,
+        dtype=_dtype_name(tt),
     )
+
+
+def _dtype_name(tt: onnx.TypeProto.Tensor) -> str:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        return TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "undefined"
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

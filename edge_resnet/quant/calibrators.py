@@ -6,8 +6,8 @@ divides by 0 downstream; such a tensor quantizes to all zeros whatever its scale
 
 * ``minmax``: the largest |x| seen.
 * ``percentile``: the |x| below which ``percentile`` % of the values fall, interpolated in the bin.
-* ``entropy``: TensorRT's KL-divergence search (IInt8EntropyCalibrator2; NVIDIA, "8-bit Inference
-  with TensorRT", GTC 2017), vectorized over the candidates.
+* ``entropy``: TensorRT's KL-divergence search (IInt8EntropyCalibrator2) exactly as NVIDIA's
+  ModelOpt and pytorch-quantization implement it, vectorized over the candidates.
 * ``mse``: the threshold with the least mean squared error of fake-quantization (clip and round).
 
 An empty histogram (no values seen) raises ``QuantizationError``.
@@ -34,10 +34,9 @@ MIN_AMAX = 1e-8
 
 DEFAULT_PERCENTILE = 99.99
 
-# Smoothing of zero entries before KL(P||Q), in counts (not probabilities), as MXNet's and ONNX
-# Runtime's `smooth_distribution`: zeros get eps, the non-zero entries give up the same total.
-_KL_EPS = 1e-4
-_ENTROPY_BLOCK = 128  # candidates per vectorized block: (block x num_bins) float64 temporaries
+ENTROPY_NUM_BINS = 2048
+"""Bins of the |x| histogram the entropy and mse searches work on, as TensorRT's calibrators."""
+
 _MSE_BLOCK = 256
 
 
@@ -74,12 +73,6 @@ def _check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise QuantizationError(f"invalid calibration parameter {name}={value!r}", f"use an integer {bound}")
     return int(value)  # type: ignore[arg-type]
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise QuantizationError(f"invalid calibration parameter {name}={value!r}", "use True or False")
-    return bool(value)
 
 
 # -- calibrators -------------------------------------------------------------------------------------
@@ -121,129 +114,86 @@ def percentile(hist: StreamingHistogram, percentile: float = DEFAULT_PERCENTILE)
     return max(min(value, amax), MIN_AMAX)
 
 
-def entropy(
-    hist: StreamingHistogram,
-    num_bits: int = 8,
-    start_bin: int | None = None,
-    skip_zeros: bool = True,
-) -> float:
-    """TensorRT's entropy calibration: the threshold minimizing KL(P || Q).
+def entropy(hist: StreamingHistogram, num_bits: int = 8, start_bin: int = 128, stride: int = 1) -> float:
+    """TensorRT's entropy calibration (IInt8EntropyCalibrator2), as NVIDIA's own Python code does it.
 
-    For each candidate ``i`` in ``[start_bin, last occupied bin + 1]``: P = the first ``i`` bins of
-    the |x| histogram with the outliers (bins ``>= i``) added to bin ``i-1``; Q = bins ``[0, i)``
-    (without outliers) merged into ``2**(num_bits-1)`` levels (bin ``j`` -> level
-    ``floor(j * levels / i)``, as pytorch-quantization's ``np.digitize`` over ``linspace(0, i,
-    levels + 1)``) and each level's mass spread evenly over the bins where P is non-zero. Both are
-    smoothed (zeros -> 1e-4 counts) and normalized; the first ``i`` with the least KL gives
-    ``amax = (i + 0.5) * bin_width`` (the GTC 2017 slides), capped at the largest |x| seen.
+    References, followed step by step: ``_compute_amax_entropy`` in NVIDIA/Model-Optimizer
+    ``modelopt/torch/quantization/calib/histogram.py`` and the same function in NVIDIA/TensorRT
+    ``tools/pytorch-quantization/pytorch_quantization/calib/histogram.py``:
 
-    Differences from the references, on purpose:
+    * the histogram of |x| in 2048 equal bins over ``[0, amax]`` (``torch.histc(x.abs(), 2048, 0,
+      amax)``); a signed and an unsigned tensor with the same |x| get the same threshold. Ours is
+      ``hist.resampled(2048)`` of the finer streamed histogram;
+    * ``bins[0] = bins[1]``: the spike of exact zeros (half of a ReLU output) is flattened;
+    * candidates ``i = start_bin, start_bin + stride, ..., 2048``; for each, P = ``bins[:i]`` with
+      the outliers ``sum(bins[i:])`` added to ``P[i-1]``, and Q = ``bins[:i]`` merged into
+      ``2**(num_bits-1)`` levels (bin ``j`` -> level ``floor(j * levels / i)``, i.e. ``np.digitize``
+      over ``linspace(0, i, levels + 1)``), each level's mass spread evenly over its non-empty bins
+      and empty bins left at 0 (this is the "expansion");
+    * KL(P||Q) as ``scipy.stats.entropy`` (both normalized, ``0 log 0 = 0``, ``p > 0 = q`` gives
+      inf, which happens when the last bin is empty but outliers land in it). No smoothing: the
+      epsilon smoothing of MXNet's and ONNX Runtime's KL search is not in NVIDIA's code;
+    * the *last* candidate with the least KL wins and ``amax = bin_edges[i] = i * amax / 2048``.
 
-    * ``skip_zeros=True`` leaves exact zeros out of bin 0. They are exact at any scale, and a ReLU
-      output's ~50 % zeros would be a spike in bin 0 that Q spreads over its whole level, which
-      drags the threshold down. pytorch-quantization fights the same spike with ``bins[0] =
-      bins[1]``. ``skip_zeros=False`` is the plain slide algorithm.
-    * Candidates stop at the last occupied bin (plus one, i.e. no clipping) instead of always 2048:
-      the histogram's width is a power of two, so between half and all of its bins are occupied,
-      and candidates past the data would only re-test "no clipping" at a coarser merge.
+    The one deviation: a candidate whose Q is empty (all the mass beyond it) counts as inf, where
+    the reference's 0/0 gives NaN and ``np.argmin`` then picks it.
     """
     _require_data(hist, "entropy")
     bits = _check_int(num_bits, "num_bits", 2, 16)
     levels = 1 << (bits - 1)
-    first = levels if start_bin is None else _check_int(start_bin, "start_bin", levels)
-    skip = _check_bool(skip_zeros, "skip_zeros")
-    amax = hist.amax
-    if amax == 0.0:
+    first = _check_int(start_bin, "start_bin", 1)
+    step = _check_int(stride, "stride", 1)
+    if hist.amax == 0.0:
         return MIN_AMAX
-    counts = hist.abs_histogram(include_zeros=not skip)
-    occupied = int(np.flatnonzero(counts)[-1]) + 1  # amax > 0, so some bin is non-zero
-    if occupied < first:
-        logger.debug(
-            "%s: only %d histogram bins are occupied (< start_bin=%d): entropy keeps the full range",
-            _label(hist),
-            occupied,
-            first,
-        )
-        return max(amax, MIN_AMAX)
-    candidates = np.arange(first, occupied + 1)
-    divergences = _kl_divergences(counts[:occupied], candidates, levels)
-    best = int(candidates[int(np.argmin(divergences))])
-    amax_out = min((best + 0.5) * hist.bin_width, amax)
-    logger.debug(
-        "%s: entropy threshold bin %d of %d occupied -> amax %g (max |x| %g)",
-        _label(hist),
-        best,
-        occupied,
-        amax_out,
-        amax,
-    )
-    return max(amax_out, MIN_AMAX)
+    bins, width = hist.resampled(ENTROPY_NUM_BINS)
+    if first > bins.size:
+        raise QuantizationError(f"invalid calibration parameter start_bin={start_bin!r}",
+                                f"use an integer <= {bins.size}, the number of histogram bins")
+    bins[0] = bins[1]
+    candidates = np.arange(first, bins.size + 1, step)
+    divergences = _kl_divergences(bins, candidates, levels)
+    best = int(candidates[candidates.size - 1 - int(np.argmin(divergences[::-1]))])
+    amax = best * width
+    logger.debug("%s: entropy threshold bin %d of %d -> amax %g (max |x| %g)", _label(hist), best, bins.size,
+                 amax, hist.amax)
+    return max(amax, MIN_AMAX)
 
 
-def _kl_divergences(
-    hist: npt.NDArray[np.int64], candidates: npt.NDArray[np.int64], levels: int
-) -> npt.NDArray[np.float64]:
-    """KL(P_i || Q_i) for every candidate ``i`` (see ``entropy``); inf where Q_i is undefined.
+def _kl_divergences(h: npt.NDArray[np.float64], candidates: npt.NDArray[np.int64], levels: int) -> npt.NDArray[np.float64]:
+    """KL(P_i || Q_i) of ``entropy`` for every candidate ``i``, from prefix sums (no loop over bins).
 
-    Blocks of candidates are processed as (block, width) matrices masked to ``j < i``; the level
-    sums and the non-zero counts per level come from prefix sums, so nothing loops over bins.
+    With p = P / T (T = total), q = Q / S (S = sum of bins[:i], Q's total) and O = T - S outliers:
+    ``T * KL = sum P log P - sum P log Q + T log(S / T)``, where ``sum P log P`` is a prefix sum of
+    ``h log h`` plus the last bin's ``(h[i-1] + O) log(h[i-1] + O)``, and ``sum P log Q`` is, per
+    level, ``mass * log(mass / non-empty bins)``, plus ``O log Q[i-1]``. Counts are scaled by 1/T
+    first so that nothing large cancels.
     """
-    h = hist.astype(np.int64)
-    prefix = np.concatenate(([0], np.cumsum(h)))  # prefix[x] = sum of h[:x], exact
-    prefix_nz = np.concatenate(([0], np.cumsum(h > 0)))
-    total = int(prefix[-1])
-    hf = h.astype(np.float64)
-    k = np.arange(levels + 1)
-    out = np.empty(candidates.size, dtype=np.float64)
-    for b0 in range(0, candidates.size, _ENTROPY_BLOCK):
-        ib = candidates[b0 : b0 + _ENTROPY_BLOCK]
-        rows = np.arange(ib.size)
-        width = int(ib[-1])
-        j = np.arange(width)
-        valid = j[None, :] < ib[:, None]
-        lengths = ib.astype(np.float64)
-
-        # P: the first i bins, outliers added to the last one
-        p = np.where(valid, hf[None, :width], 0.0)
-        outliers = total - prefix[ib]
-        p[rows, ib - 1] += outliers
-        p_nonzero = p > 0
-
-        # Q: level k holds bins [ceil(k*i/L), ceil((k+1)*i/L)) = {j : floor(j*L/i) == k}
-        starts = (k[None, :] * ib[:, None] + levels - 1) // levels
-        level_mass = (prefix[starts[:, 1:]] - prefix[starts[:, :-1]]).astype(np.float64)
-        level_nz = prefix_nz[starts[:, 1:]] - prefix_nz[starts[:, :-1]]
-        # the last bin of P is non-zero when it only holds outliers; it shares the last level's mass
-        level_nz[:, -1] += (h[ib - 1] == 0) & (outliers > 0)
-        per_bin = level_mass / np.maximum(level_nz, 1)
-        level_of = np.minimum((j[None, :] * levels) // ib[:, None], levels - 1)
-        q = np.where(p_nonzero, np.take_along_axis(per_bin, level_of, axis=1), 0.0)
-
-        p_s, p_ok = _smooth(p, valid, lengths)
-        q_s, q_ok = _smooth(q, valid, lengths)
-        p_n = p_s / p_s.sum(axis=1, keepdims=True)
-        q_n = q_s / q_s.sum(axis=1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(valid, p_n * np.log(p_n / q_n), 0.0)
-        kl = terms.sum(axis=1)
-        kl[~(p_ok & q_ok) | ~np.isfinite(kl)] = np.inf
-        out[b0 : b0 + ib.size] = kl
-    return out
-
-
-def _smooth(
-    x: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], lengths: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """Per row: zeros (inside ``valid``) -> eps, non-zeros -> x - eps * n_zeros / n_nonzeros.
-
-    The second array is False for rows that cannot be smoothed (all zero, or a value pushed <= 0).
-    """
-    nonzero = x > 0
-    n_nonzero = nonzero.sum(axis=1)
-    shift = _KL_EPS * (lengths - n_nonzero) / np.maximum(n_nonzero, 1)
-    smoothed = np.where(nonzero, x - shift[:, None], np.where(valid, _KL_EPS, 0.0))
-    ok = (n_nonzero > 0) & ~(nonzero & (smoothed <= 0)).any(axis=1)
-    return smoothed, ok
+    total = float(h.sum())
+    p = h / total
+    plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    prefix = np.concatenate(([0.0], np.cumsum(p)))
+    prefix_plogp = np.concatenate(([0.0], np.cumsum(plogp)))
+    prefix_nz = np.concatenate(([0], np.cumsum(p > 0)))
+    i = candidates.astype(np.int64)
+    k = np.arange(levels + 1, dtype=np.int64)
+    # level k holds bins [ceil(k*i/L), ceil((k+1)*i/L)) = {j < i : floor(j*L/i) == k}
+    edges = -((-k[None, :] * i[:, None]) // levels)
+    mass = prefix[edges[:, 1:]] - prefix[edges[:, :-1]]
+    nonempty = prefix_nz[edges[:, 1:]] - prefix_nz[edges[:, :-1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level_q = np.where(nonempty > 0, mass / np.maximum(nonempty, 1), 1.0)
+        sum_plogq = np.where(mass > 0, mass * np.log(np.where(mass > 0, level_q, 1.0)), 0.0).sum(axis=1)
+        inside = prefix[i]
+        outliers = np.maximum(1.0 - inside, 0.0)
+        last = p[i - 1]
+        last_p = last + outliers
+        sum_plogp = prefix_plogp[i - 1] + np.where(last_p > 0, last_p * np.log(np.where(last_p > 0, last_p, 1.0)), 0.0)
+        # the outliers sit in the last bin, whose Q is its level's mean (0 if the bin is empty)
+        sum_plogq = sum_plogq + np.where(outliers > 0, outliers * np.log(np.where(last > 0, level_q[:, -1], 1.0)), 0.0)
+        kl = sum_plogp - sum_plogq + np.log(inside)
+    kl[(outliers > 0) & (last <= 0)] = np.inf  # P > 0 where Q = 0
+    kl[~(inside > 0) | ~np.isfinite(kl)] = np.inf
+    return np.maximum(kl, 0.0)
 
 
 def mse(hist: StreamingHistogram, num_bits: int = 8, start_bin: int = 128) -> float:
@@ -263,6 +213,7 @@ def mse(hist: StreamingHistogram, num_bits: int = 8, start_bin: int = 128) -> fl
     amax = hist.amax
     if amax == 0.0:
         return MIN_AMAX
+    hist = _at_most(hist, ENTROPY_NUM_BINS)
     counts = hist.counts
     w = hist.bin_width
     nz = np.flatnonzero(counts)
@@ -279,6 +230,14 @@ def mse(hist: StreamingHistogram, num_bits: int = 8, start_bin: int = 128) -> fl
     best = float(candidates[int(np.argmin(errors))])
     logger.debug("%s: mse threshold %g (max |x| %g)", _label(hist), best, amax)
     return max(best, MIN_AMAX)
+
+
+def _at_most(hist: StreamingHistogram, num_bins: int) -> StreamingHistogram:
+    """``hist`` coarsened (exactly) to ``num_bins`` bins when it is finer by a power of two."""
+    factor = hist.num_bins // num_bins
+    if factor > 1 and factor * num_bins == hist.num_bins and not factor & (factor - 1):
+        return hist.coarsened(num_bins)
+    return hist
 
 
 # -- registry ----------------------------------------------------------------------------------------

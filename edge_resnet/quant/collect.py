@@ -19,8 +19,9 @@ import onnx
 from tqdm import tqdm
 
 from edge_resnet.errors import DataError, QuantizationError
+from edge_resnet.quant.bias_correction import BiasStats
 from edge_resnet.quant.calibrators import CalibrationMethod, compute_amax
-from edge_resnet.quant.histogram import DEFAULT_NUM_BINS, StreamingHistogram
+from edge_resnet.quant.histogram import STATS_NUM_BINS, StreamingHistogram
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class ActivationStats:
     hists: dict[str, StreamingHistogram]
     images: int = 0
     seconds: float = field(default=0.0, compare=False)
+    bias: BiasStats | None = field(default=None, compare=False)  # for bias correction (not saved)
 
     def amax(self, method: CalibrationMethod | str, **params: float) -> dict[str, float]:
         return {name: compute_amax(h, method, **params) for name, h in self.hists.items()}
@@ -75,22 +77,30 @@ def _session(model: onnx.ModelProto, tensors: list[str], threads: int | None):
 
 def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[np.ndarray], *,
                        total_images: int | None = None, threads: int | None = None,
-                       num_bins: int = DEFAULT_NUM_BINS, progress: bool = True) -> ActivationStats:
-    """Histograms of ``tensors`` over all ``batches`` (float32 NCHW, preprocessed)."""
+                       num_bins: int = STATS_NUM_BINS, progress: bool = True,
+                       bias_correction: bool = False) -> ActivationStats:
+    """Histograms of ``tensors`` over all ``batches`` (float32 NCHW, preprocessed); with
+    ``bias_correction`` also the statistics of ``bias_correction.BiasStats`` in the same pass."""
     if not tensors:
         raise QuantizationError("nothing to calibrate: the graph has no quantizable layer",
                                 "check the model and the --exclude list")
-    sess = _session(model, tensors, threads)
+    bias = BiasStats.plan(model) if bias_correction else None
+    exposed = list(dict.fromkeys(tensors + (bias.tensors if bias else [])))
+    sess = _session(model, exposed, threads)
     input_name = sess.get_inputs()[0].name
     hists = {t: StreamingHistogram(num_bins, name=t) for t in tensors}
+    bias_inputs = set(bias.tensors) if bias else set()
     images = 0
     start = time.perf_counter()
     bar = tqdm(total=total_images, unit="img", desc="calibrating", disable=not progress, leave=False)
     try:
         for batch in _checked(batches):
-            outputs = sess.run(tensors, {input_name: batch})
-            for name, out in zip(tensors, outputs, strict=True):
-                hists[name].update(out)
+            outputs = sess.run(exposed, {input_name: batch})
+            for name, out in zip(exposed, outputs, strict=True):
+                if name in hists:
+                    hists[name].update(out)
+                if name in bias_inputs:
+                    bias.update(name, out, hists.get(name))  # type: ignore[union-attr]
             del outputs
             images += batch.shape[0]
             bar.update(batch.shape[0])
@@ -98,7 +108,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
         bar.close()
     if images == 0:
         raise DataError("the calibration set is empty", "pass a folder, list, array or video with images to --calib")
-    stats = ActivationStats(hists, images, time.perf_counter() - start)
+    stats = ActivationStats(hists, images, time.perf_counter() - start, bias)
     log.info("calibration statistics: %d tensors over %d images in %.1f s", len(tensors), images, stats.seconds)
     return stats
 

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_BINS = 2048  # as TensorRT's entropy calibrator
 MIN_NUM_BINS = 16
+# Calibration collects 8x finer than the 2048 bins the searches work on: the analysis histogram over
+# [0, amax] (``resampled``) then splits at most one fine bin, 1/8 to 1/4 of an analysis bin, at each
+# of its edges (see ``resampled``).
+STATS_NUM_BINS = 8 * DEFAULT_NUM_BINS
 FORMAT_VERSION = 1  # of to_arrays(); bump when the layout changes
 
 # Values per chunk of the binning loop: the float and index buffers (64 Ki x (4 + 8) bytes) stay in
@@ -54,6 +58,12 @@ def _exponent_for(amax: float, num_bins: int) -> int:
     while amax <= math.ldexp(num_bins, e - 1):
         e -= 1
     return e
+
+
+def _check_bins(num_bins: object) -> int:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int | np.integer) or num_bins < 1:
+        raise QuantizationError(f"invalid histogram size num_bins={num_bins!r}", "use a positive integer")
+    return int(num_bins)
 
 
 def _coarsen(counts: npt.NDArray[np.int64], doublings: int) -> npt.NDArray[np.int64]:
@@ -155,6 +165,54 @@ class StreamingHistogram:
         if include_zeros:
             out[0] += self._zero_count
         return out
+
+    def coarsened(self, num_bins: int) -> StreamingHistogram:
+        """This histogram with ``num_bins`` bins (``num_bins`` divides ``self.num_bins`` by a power of
+        two), each summing adjacent bins: exact, the same as collecting at ``num_bins`` directly."""
+        factor = self._num_bins // num_bins if num_bins > 0 else 0
+        if factor < 1 or factor * num_bins != self._num_bins or factor & (factor - 1):
+            raise QuantizationError(
+                f"cannot coarsen a histogram of {self._num_bins} bins to {num_bins}",
+                "use a bin count that divides it by a power of two",
+            )
+        out = StreamingHistogram(num_bins, name=self.name)
+        out._counts = self._counts.reshape(num_bins, factor).sum(axis=1)
+        out._zero_count, out._count, out._min, out._max = self._zero_count, self._count, self._min, self._max
+        if self._exponent is not None:
+            out._exponent = self._exponent + factor.bit_length() - 1
+        return out
+
+    def resampled(self, num_bins: int = DEFAULT_NUM_BINS) -> tuple[npt.NDArray[np.int64], float]:
+        """Counts of |x| in ``num_bins`` equal bins over ``[0, amax]``, zeros in bin 0, and their width.
+
+        This is the histogram TensorRT's and ModelOpt's calibrators build (``torch.histc(|x|, 2048,
+        0, amax)``), re-cut from the stored bins: a stored bin inside a new one goes to it whole; one
+        that straddles a new edge (at most one edge: stored bins are narrower) is split in proportion
+        to the overlap, rounded to whole values, its values taken uniform over the bin (the top one
+        ending at amax). So a count is off by at most the part of the two straddling bins at its
+        edges that lies on the wrong side (with ``STATS_NUM_BINS`` a stored bin is 1/8 to 1/4 of a
+        new one), there is no aliasing comb from the two grids, and a lone value stays in one bin:
+        the sparse tail, where the entropy search is decided, keeps its empty bins. An all-zero
+        histogram gives every count in bin 0 and width 0.
+        """
+        n = _check_bins(num_bins)
+        out = np.zeros(n, dtype=np.int64)
+        amax = self.amax
+        if amax == 0.0:
+            out[0] = self._count
+            return out, 0.0
+        w = self.bin_width
+        k = np.flatnonzero(self._counts)
+        counts = self._counts[k]
+        scale = n / amax
+        lo_edge, hi_edge = k * w * scale, np.minimum((k + 1) * w, amax) * scale  # in units of new bins
+        first = np.minimum(np.floor(lo_edge).astype(np.int64), n - 1)
+        share = np.clip((np.minimum(hi_edge, first + 1) - lo_edge) / (hi_edge - lo_edge), 0.0, 1.0)
+        in_first = np.rint(counts * share).astype(np.int64)
+        np.add.at(out, first, in_first)
+        np.add.at(out, np.minimum(first + 1, n - 1), counts - in_first)
+        out[0] += self._zero_count
+        return out, amax / n
 
     def _label(self) -> str:
         return f"tensor {self.name!r}" if self.name else "the tensor"

@@ -50,21 +50,17 @@ THREAD_SAFE_BACKENDS = frozenset({BackendName.OPENVINO, BackendName.ONNXRUNTIME}
 
 
 class ModelKind(str, Enum):
+    # the values of edge_resnet.graph.head.HeadKind, as recorded in the manifest's model.kind
     CLASSIFIER = "classifier"  # output "logits"
     EMBEDDING = "embedding"  # output "features", pooled: (N, D)
     FEATURE_MAP = "feature_map"  # output "features", not pooled: (N, C, H, W)
 
 
-# manifest model.pooling of a "features" bundle -> its kind
-_KIND_OF_POOLING: dict[str | None, ModelKind] = {"avg": ModelKind.EMBEDDING, "max": ModelKind.EMBEDDING,
-                                                 "none": ModelKind.FEATURE_MAP}
-
-
 def model_kind(model: dict[str, Any]) -> ModelKind:
-    if model.get("output", "logits") == "logits":
-        return ModelKind.CLASSIFIER
-    # an --onnx model records no pooling: assume pooled; embed() checks the output's rank
-    return _KIND_OF_POOLING.get(model.get("pooling"), ModelKind.EMBEDDING)
+    """The kind recorded in the manifest's ``model`` section (``model.kind``; older bundles: their output name)."""
+    from edge_resnet.graph.head import manifest_kind
+
+    return ModelKind(manifest_kind(model).value)
 
 
 class Classification(NamedTuple):

@@ -48,6 +48,7 @@ from edge_resnet.backends.base import get_backend
 from edge_resnet.bundle import MANIFEST, Bundle, BundleWriter, load_bundle
 from edge_resnet.compile import CompileOptions, CompileResult, ModelSource, compile_bundle, float_graph_for
 from edge_resnet.data import Dataset, open_dataset
+from edge_resnet.data.recipes import DEFAULT_SEED
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
 from edge_resnet.targets import get_target, resolve_weight_range
 from edge_resnet.types import Precision, QuantMode
@@ -175,7 +176,7 @@ def _validate(state: _Loop, bundle: Bundle, kept: list[str]) -> ValidationResult
 def _rank(state: _Loop, first: CompileResult, options: CompileOptions) -> list[LayerError]:
     assert first.stats is not None
     profile = get_target(options.target)
-    sample = open_dataset(state.budget.val, first.bundle.spec, count=state.budget.sensitivity_images, seed=options.seed)
+    sample = open_dataset(state.budget.val, first.bundle.spec, count=state.budget.sensitivity_images, seed=_seed(options))
     x = np.concatenate([b.x for b in sample.batches(state.budget.batch_size)])
     amax = first.stats.amax(options.calibration.method, **options.calibration.params())
     ranking = layer_sensitivity(first.float_graph.model, amax, profile.activation_format, x,
@@ -207,8 +208,8 @@ def compile_with_budget(source: ModelSource, options: CompileOptions, out_dir: s
     try:
         fg = float_graph_for(source, input_size)
         current = compile_bundle(source, base, staging / "attempt-0", input_size, float_graph=fg, reusable_stats=True)
-        data = open_dataset(budget.val, current.bundle.spec, count=budget.val_count, seed=options.seed)
-        state = _Loop(budget, data, CachingReference(current.bundle.float_model()), options.progress, options.seed)
+        data = open_dataset(budget.val, current.bundle.spec, count=budget.val_count, seed=_seed(options))
+        state = _Loop(budget, data, CachingReference(current.bundle.float_model()), options.progress, _seed(options))
         result = _validate(state, current.bundle, [])
         if not result.budget or not result.budget.passed:
             if budget.max_rebuilds > 0:  # the ranking is only worth its cost when there will be rebuilds
@@ -273,3 +274,7 @@ def _publish(writer: BundleWriter, staged: CompileResult, result: ValidationResu
     log.info("wrote bundle %s (%s; kept float: %s)", path, result.budget.describe(),
              ", ".join(result.kept_float) or "none")
     return replace(staged, bundle=load_bundle(path), validation=result)
+
+
+def _seed(options: CompileOptions) -> int:
+    return DEFAULT_SEED if options.seed is None else options.seed
