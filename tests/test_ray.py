@@ -119,6 +119,14 @@ def test_compile_calibration_on_ray_gives_the_local_statistics_and_qdq_graph(
     assert graphs[0] == graphs[1]
 
 
+def test_bias_correction_on_ray_is_one_clear_error_before_any_cluster_work() -> None:
+    from edge_resnet.distributed.calibrate import collect_statistics_on_ray
+    from edge_resnet.errors import QuantizationError
+
+    with pytest.raises(QuantizationError, match="--bias-correction is not available with --ray"):
+        collect_statistics_on_ray(None, ["x"], None, 16, "local", bias_correction=True)  # type: ignore[arg-type]
+
+
 def test_histograms_merged_from_batches_equal_one_pass() -> None:
     """The driver's merge (per-batch histograms, any order) is exact: no cluster needed to check it."""
     from edge_resnet.quant.histogram import StreamingHistogram
