@@ -7,7 +7,7 @@ import datetime as _dt
 import importlib.metadata
 import logging
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +19,12 @@ from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
 from edge_resnet.data import PreprocessSpec, open_dataset
 from edge_resnet.data.recipes import calibration_sample
 from edge_resnet.errors import DataError, EdgeResnetError, QuantizationError
-from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
+from edge_resnet.graph.finite import check_finite
+from edge_resnet.graph.load import describe_input, load_onnx, require_image_input, save_onnx
 from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
 from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
+from edge_resnet.quant.exclude import check_exclude
 from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, activation_scale, required_tensors
 from edge_resnet.targets import TargetProfile, get_target, resolve_weight_range
@@ -72,9 +74,13 @@ class CompileOptions:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     exclude: tuple[str, ...] = ()
     spec: PreprocessSpec | None = None  # None: the ImageNet convention at the model's input size
+    # with spec None: PreprocessSpec fields (mean, std, resize, channel_order) over that convention
+    preprocess_overrides: tuple[tuple[str, Any], ...] = ()
     labels: tuple[str, ...] | None = None
     force: bool = False
     progress: bool = True
+    # other files the build reads (role, path), e.g. ("--labels", "names.txt"): -o must not hold them
+    extra_inputs: tuple[tuple[str, str], ...] = ()
     budget: DriftBudget | None = None  # validate after building; keep layers float until the drift fits
     ray: Any = None  # distributed.cluster.RayOptions: the calibration pass on a Ray cluster (same statistics)
 
@@ -93,17 +99,37 @@ class CompileResult:
 
 
 def float_graph_for(source: ModelSource, input_size: int) -> FloatGraph:
+    """The canonical float graph of ``source``, refused when it is not a 3-channel image model or has
+    non-finite weights or outputs."""
+    check_input_size(input_size)
     if source.onnx:
-        return prepare_float_graph(load_onnx(source.onnx), head=source.head)
+        fg = prepare_float_graph(load_onnx(source.onnx), head=source.head)  # an NHWC graph becomes NCHW here
+        require_image_input(fg.model, source.onnx)
+        check_finite(fg.model, f"--onnx {source.onnx}", input_size)
+        return fg
     from edge_resnet.cli.options import build_from_options  # torch is imported here, not before
     from edge_resnet.graph.export import export_float_graph
 
     model, _ = build_from_options(source.name or "resnet50", source.variant, source.weights, source.num_classes,
                                   not source.include_top, source.pooling)
-    return export_float_graph(model, input_size, head=source.head)
+    fg = export_float_graph(model, input_size, head=source.head)
+    check_finite(fg.model, f"the model ({source.name}{', weights ' + str(source.weights) if source.weights else ''})",
+                 input_size)
+    return fg
 
 
-def _spec_for(fg: FloatGraph, options: CompileOptions, source: ModelSource | None = None) -> PreprocessSpec:
+def check_input_size(size: int) -> None:
+    from edge_resnet.data.preprocess import MAX_INPUT_SIZE
+
+    if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_INPUT_SIZE:
+        raise EdgeResnetError(f"input size {size!r} is out of range", f"use an input size from 32 to {MAX_INPUT_SIZE}")
+
+
+def _spec_for(fg: FloatGraph, options: CompileOptions, input_size: int = 224,
+              source: ModelSource | None = None) -> PreprocessSpec:
+    """The preprocessing: ``options.spec``, else the ImageNet convention at the graph's own input size (the
+    ``input_size`` asked for when the graph's is dynamic; a Keras checkpoint's own convention) with
+    ``options.preprocess_overrides``."""
     info = describe_input(fg.model)
     if options.spec is not None:
         if info.height is not None and info.height != options.spec.input_size:
@@ -111,12 +137,31 @@ def _spec_for(fg: FloatGraph, options: CompileOptions, source: ModelSource | Non
                                   f"{options.spec.input_size}x{options.spec.input_size}",
                                   f"pass --input-size {info.height}")
         return options.spec
-    size = info.height or 224
+    size = info.height or input_size
     if source is not None and source.weights and not source.onnx:  # a Keras checkpoint: Keras's preprocessing
         from edge_resnet.models.from_weights import checkpoint_preprocessing
 
-        return checkpoint_preprocessing(source.weights, size)
-    return PreprocessSpec(input_size=size, resize=max(size, round(size * 256 / 224)))
+        spec = checkpoint_preprocessing(source.weights, size)
+    else:
+        spec = PreprocessSpec(input_size=size, resize=max(size, round(size * 256 / 224)))
+    return replace(spec, **dict(options.preprocess_overrides)) if options.preprocess_overrides else spec
+
+
+def compile_inputs(source: ModelSource, options: CompileOptions) -> dict[str, str]:
+    """The files and folders a build reads, by option: the output must not hold any of them."""
+    inputs = {"--weights": source.weights, "--onnx": source.onnx, "--calib": options.calib,
+              "--val": options.budget.val if options.budget is not None else None, **dict(options.extra_inputs)}
+    return {k: str(v) for k, v in inputs.items() if v and Path(str(v)).expanduser().exists()}
+
+
+def check_labels(labels: tuple[str, ...] | None, fg: FloatGraph) -> None:
+    n = _num_outputs(fg.model)
+    if labels is not None and n is not None and len(labels) != n:
+        raise DataError(f"--labels has {len(labels)} class names and the model has {n} outputs",
+                        f"give one name per output, one per line ({n} lines)")
+    if n == 1:
+        log.warning("the model has a single output: softmax scores of one logit are always 1.0, so the bundle "
+                    "cannot rank classes (a binary classifier needs 2 outputs; or read the raw score with infer())")
 
 
 def _random_batches(spec: PreprocessSpec, count: int, seed: int, batch: int):
@@ -216,9 +261,12 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
 
         return compile_with_budget(source, options, out_dir, input_size)
     profile = get_target(options.target)
-    writer = BundleWriter(out_dir, force=options.force)  # fails fast if out_dir exists
+    # fails fast: an output that exists, holds an input, or cannot be written
+    writer = BundleWriter(out_dir, force=options.force, inputs=compile_inputs(source, options))
     fg = float_graph or float_graph_for(source, input_size)
-    spec = _spec_for(fg, options, source)
+    spec = _spec_for(fg, options, input_size, source)
+    check_exclude(fg.model, options.exclude)
+    check_labels(options.labels, fg)
     precision = options.precision
     calib_record, qgraph = None, None
     if precision is Precision.INT8:

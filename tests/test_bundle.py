@@ -10,13 +10,23 @@ from edge_resnet.bundle import MANIFEST, BundleWriter, load_bundle
 from edge_resnet.errors import BundleError
 
 
+def minimal_manifest() -> dict:
+    """The entries every bundle's manifest has (model.onnx as both graph and artifact)."""
+    from edge_resnet.data import PreprocessSpec
+    from edge_resnet.targets import get_target
+
+    return {"model": {"output": "logits"}, "labels": "labels.txt", "graphs": {"float": "model.onnx"},
+            "preprocess": PreprocessSpec().to_dict(), "target": get_target("onnxruntime").to_dict(),
+            "artifact": {"backend": "onnxruntime", "precision": "fp32", "files": {"model": "model.onnx"}, "info": {}}}
+
+
 def _write(out, force=False, fail=False):
     with BundleWriter(out, force=force) as w:
         (w.dir / "model.onnx").write_bytes(b"x" * 1000)
         (w.dir / "labels.txt").write_text("a\nb\n")
         if fail:
             raise KeyboardInterrupt  # an interrupted compile
-        return w.finish({"model": {"output": "logits"}, "labels": "labels.txt"})
+        return w.finish(minimal_manifest())
 
 
 def test_finished_bundle_has_manifest_with_hashes(tmp_path):

@@ -21,8 +21,8 @@ from edge_resnet.types import Precision
 from edge_resnet.validate import per_layer_errors, validate_bundle
 from edge_resnet.validate.run import label_map
 
-SCHEMA_KEYS = {"bundle", "target", "backend", "precision", "device", "data", "reference", "metrics", "per_class",
-               "confusion", "per_layer", "budget", "kept_float"}
+SCHEMA_KEYS = {"bundle", "bundle_sha256", "target", "backend", "precision", "device", "data", "reference", "metrics",
+               "per_class", "confusion", "per_layer", "budget", "kept_float"}
 METRIC_KEYS = {"agreement_top1", "cosine_mean", "cosine_min", "sqnr_db", "float_top1", "int8_top1", "float_top5",
                "int8_top5", "top1_drop_points", "top5_drop_points"}
 
@@ -55,6 +55,7 @@ def test_validation_json_of_the_digits_resnet18(results, bundles, digits_r18, ta
     doc = results[target].to_json()
     json.loads(json.dumps(doc))  # serializable
     assert set(doc) == SCHEMA_KEYS and set(doc["metrics"]) == METRIC_KEYS
+    assert doc["bundle_sha256"] == bundles[target].digest  # which bundle, wherever it is copied
     assert doc["target"] == target and doc["backend"] == backend and doc["precision"] == "int8"
     assert doc["data"] == {"source": "digits:test", "count": 540, "labelled": True}
     assert doc["reference"] == {"runtime": "onnxruntime", "precision": "fp32"}

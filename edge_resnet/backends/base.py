@@ -59,9 +59,17 @@ class Runner(ABC):
         self.close()
 
 
+# options every backend's ``load`` takes (a backend without the notion ignores it): callers such as the
+# benchmark pass them to any backend
+COMMON_LOAD_OPTIONS = frozenset({"threads", "hint"})
+
+
 class Backend(ABC):
     name: BackendName
     library: str  # the Python module the backend needs, e.g. "openvino"
+    # the keyword options ``load`` takes besides COMMON_LOAD_OPTIONS; others are refused by Bundle.load_runner
+    # (None: not declared, nothing checked)
+    load_options: frozenset[str] | None = None
 
     def available(self) -> bool:
         """True when the backend's library can be imported here (without importing it)."""

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
+from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile
 from edge_resnet.types import ActivationFormat, BackendName, Precision
@@ -227,7 +228,7 @@ def artifact_model(bundle_dir: Path, artifact: Artifact) -> Path:
     """The artifact's model.onnx: present, and of the size compile wrote (when it recorded it)."""
     if "model" not in artifact.files:
         raise BackendError("the ONNX Runtime artifact lists no model file", "re-run compile for this target")
-    path = Path(bundle_dir) / artifact.files["model"]
+    path = confined(bundle_dir, artifact.files["model"], "ONNX Runtime model file")
     if not path.is_file():
         raise BackendError(f"the bundle has no ONNX Runtime model file {path}", "re-run compile for this target")
     expected, actual = artifact.info.get("file_bytes", {}).get("model"), path.stat().st_size
@@ -254,6 +255,7 @@ def session_options(ort: ModuleType, threads: int | None) -> Any:
 class OnnxRuntimeBackend(Backend):
     name = BackendName.ONNXRUNTIME
     library = "onnxruntime"
+    load_options = frozenset()  # threads (intra-op); a performance hint is ignored
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """Copy the model into ``out_dir`` and save ORT's portable optimized graph next to it, for inspection."""

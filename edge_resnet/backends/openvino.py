@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
+from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
+from edge_resnet.interrupts import deferred_interrupt
 from edge_resnet.targets import BatchRange, TargetProfile
 from edge_resnet.types import BackendName, Precision
 
@@ -445,7 +447,7 @@ def artifact_files(bundle_dir: Path, artifact: Artifact) -> tuple[Path, Path]:
     for role in ("xml", "bin"):
         if role not in artifact.files:
             raise BackendError(f"the OpenVINO artifact lists no {role} file", "re-run compile for this target")
-        path = Path(bundle_dir) / artifact.files[role]
+        path = confined(bundle_dir, artifact.files[role], f"OpenVINO {role} file")
         if not path.is_file():
             raise BackendError(f"the bundle has no OpenVINO {role} file {path}", "re-run compile for this target")
         expected, actual = sizes.get(role), path.stat().st_size
@@ -454,6 +456,14 @@ def artifact_files(bundle_dir: Path, artifact: Artifact) -> tuple[Path, Path]:
                                "copy the bundle again, or re-run compile for this target")
         paths.append(path)
     return paths[0], paths[1]
+
+
+def save_ir(ov: ModuleType, model: Any, xml: Path, compress: bool) -> None:
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=compress)
+    except Exception as exc:  # OpenVINO reports a failed write (full disk, file size limit) as its own error
+        raise BackendError(f"OpenVINO could not write the IR {xml} (+ .bin): {_ov_message(exc)}",
+                           "check that the disk has room and the output folder is writable") from exc
 
 
 def read_ir(core: Any, xml: Path, bin_path: Path) -> Any:
@@ -470,18 +480,24 @@ def read_ir(core: Any, xml: Path, bin_path: Path) -> Any:
 class OpenVINOBackend(Backend):
     name = BackendName.OPENVINO
     library = "openvino"
+    load_options = frozenset({"inference_precision"})
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
-        """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present."""
+        """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present.
+
+        Ctrl-C is deferred until each OpenVINO call returns (see edge_resnet.interrupts): OpenVINO's
+        conversion would swallow it and the build would go on."""
         ov = import_openvino()
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         check_device_name(profile.device)
         facts = inspect_onnx(onnx_path)
         check_precision(facts, precision, onnx_path)
-        model = convert(ov, onnx_path, profile.batch)
+        with deferred_interrupt("the OpenVINO conversion"):
+            model = convert(ov, onnx_path, profile.batch)
         out_dir.mkdir(parents=True, exist_ok=True)
         compress = COMPRESS_TO_FP16[precision]
-        ov.save_model(model, str(out_dir / XML_FILE), compress_to_fp16=compress)
+        with deferred_interrupt("OpenVINO's save_model"):
+            save_ir(ov, model, out_dir / XML_FILE, compress)
         files = {"xml": XML_FILE, "bin": BIN_FILE}
         inference_precision = inference_precision_for(precision, profile.fallback_precision)
         info: dict[str, Any] = {
@@ -496,7 +512,8 @@ class OpenVINOBackend(Backend):
             "input_name": facts.input_name,
             "file_bytes": {role: (out_dir / f).stat().st_size for role, f in files.items()},
         }
-        info.update(self._build_coverage(ov, out_dir, profile, precision, inference_precision))
+        with deferred_interrupt("the OpenVINO compilation"):
+            info.update(self._build_coverage(ov, out_dir, profile, precision, inference_precision))
         log.info("wrote OpenVINO IR %s (%s)", out_dir / XML_FILE, info)
         return Artifact(self.name, precision, files, info)
 

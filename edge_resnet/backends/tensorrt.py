@@ -869,7 +869,9 @@ class TensorRTBackend(Backend):
         check_engine_portability(artifact.info, trt.__version__, cuda.device_info(index),
                                  bool(options.get("allow_gpu_name_mismatch", False)))
         cuda.set_device(index)
-        engine_path = Path(bundle_dir) / artifact.files["engine"]
+        from edge_resnet.bundle import confined  # every path inside a bundle stays inside it
+
+        engine_path = confined(bundle_dir, artifact.files["engine"], "TensorRT engine")
         if not engine_path.is_file():
             raise BundleError(f"the bundle has no engine file {engine_path}", "re-run compile for this target")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -445,6 +445,7 @@ def open_target(path: str | Path) -> Target:
     p = Path(path)
     if p.is_dir():
         return _bundle_target(p)
+    p = p.resolve()  # a bare file may be a symbolic link (bundles may not): open its target
     opener = FILE_TARGETS.get(p.suffix.lower())
     if not p.is_file() or opener is None:
         raise BundleError(f"{p} is neither a bundle directory nor a .onnx / .xml model file",
@@ -594,6 +595,20 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def check_batches(target: Target, batches: tuple[int, ...]) -> None:
+    """Batch sizes above the bundle profile's maximum would be measured as several smaller inferences."""
+    if target.bundle is None:
+        return
+    profile = target.bundle.profile
+    over = [b for b in batches if b > profile.batch.max]
+    if over:
+        raise EdgeResnetError(
+            f"batch {', '.join(map(str, over))} is above the bundle's largest batch {profile.batch.max} (its target "
+            f"profile {profile.name} takes {profile.batch.min}..{profile.batch.max}): it would be measured as several "
+            "smaller inferences", f"pass --batch sizes up to {profile.batch.max}, or compile for a profile with a "
+            "larger batch range")
+
+
 def benchmark(path: str | Path, options: BenchOptions = BenchOptions(), clock: Clock = time.perf_counter,
               pipeline: Callable[[Target], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the benchmark; the JSON-ready dict of the documented schema (see edge_resnet.bench)."""
@@ -602,6 +617,7 @@ def benchmark(path: str | Path, options: BenchOptions = BenchOptions(), clock: C
     if options.compare is not None and options.compare not in COMPARISONS:
         raise EdgeResnetError(f"unknown comparison {options.compare!r}", f"use one of {sorted(COMPARISONS)}")
     target = open_target(path)
+    check_batches(target, options.batches)
     with ExitStack() as stack:
         subjects = [target.subject]
         if options.compare:
@@ -617,6 +633,7 @@ def benchmark(path: str | Path, options: BenchOptions = BenchOptions(), clock: C
     main = target.subject
     out: dict[str, Any] = {
         "artifact": str(target.path),
+        "bundle_sha256": target.bundle.digest if target.bundle is not None else None,
         "backend": main.backend.value,
         "precision": main.precision,
         "device": main.device,

@@ -52,6 +52,24 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
             sys.exit(130)
+        except (OSError, MemoryError) as exc:  # a file system or the machine said no, past the explicit checks
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.secho(f"error: {_system_error(exc)}", fg="red", err=True)
+            sys.exit(1)
+
+
+def _system_error(exc: BaseException) -> EdgeResnetError:
+    from edge_resnet.outputs import WRITE_ERRNOS, write_error
+
+    if isinstance(exc, MemoryError):
+        return EdgeResnetError("out of memory", "use smaller inputs (--input-size, --calib-count, --batch-size) or a "
+                                                "machine with more memory")
+    assert isinstance(exc, OSError)
+    if exc.errno in WRITE_ERRNOS:
+        return write_error(exc, str(exc.filename or "a file"))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return EdgeResnetError(f"{exc.strerror or exc}{where}", "check the path and its permissions (--debug shows where)")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

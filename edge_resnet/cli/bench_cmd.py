@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +60,9 @@ def format_table(result: dict[str, Any]) -> list[str]:
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from edge_resnet.outputs import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 @click.command("bench")
@@ -94,7 +90,12 @@ def bench(artifact: str, batches: tuple[int, ...], iters: int | None, duration: 
           json_path: str | None) -> None:
     """Latency, throughput and cold start of a bundle, or of a bare .onnx (ONNX Runtime) or .xml (OpenVINO)."""
     from edge_resnet.bench import BenchOptions, Mode, Plan, benchmark, bundle_pipeline
+    from edge_resnet.outputs import check_output
 
+    is_dir = Path(artifact).is_dir()
+    weights = str(Path(artifact).with_suffix(".bin")) if artifact.lower().endswith(".xml") else None
+    check_output(json_path, "--json", inputs={"ARTIFACT": None if is_dir else artifact, "ARTIFACT's .bin": weights,
+                                              "--frames": frames}, bundles={"ARTIFACT": artifact if is_dir else None})
     options = BenchOptions(batches, Plan(iters, duration, warmup), threads, Mode(mode), compare)
     hook = bundle_pipeline(frames, frame_count, warmup, threads) if pipeline else None
     result = benchmark(artifact, options, pipeline=hook)

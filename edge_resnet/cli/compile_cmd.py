@@ -7,7 +7,7 @@ import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
 from edge_resnet.cli.head_option import head_option
-from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
+from edge_resnet.cli.options import WEIGHTS_HELP, check_head_options, finite_points, ray_options
 
 
 @click.command("compile")
@@ -37,15 +37,17 @@ from edge_resnet.cli.options import WEIGHTS_HELP, ray_options
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Class names, one per line (default: class folders of --calib when they match).")
 @preprocess_options
-@click.option("--max-drop", type=float, default=None,
+@click.option("--max-drop", type=float, default=None, callback=finite_points,
               help="Drift budget in points (top-1 drop on labelled --val data, else disagreement): validate after "
                    "building and keep the most sensitive layers float until it is met (exit 3 if it cannot be).")
 @click.option("--val", "val_source", default=None, help="Validation data for --max-drop (e.g. digits:test).")
 @click.option("--val-count", type=click.IntRange(min=1), default=None, help="Validate on a sample of N images.")
 @click.option("--max-rebuilds", type=click.IntRange(min=0), default=8, show_default=True,
               help="With --max-drop: rebuilds with more layers kept float before giving up.")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+@click.option("--force", is_flag=True,
+              help="Replace the output directory if it is an edge-resnet bundle (nothing else is ever replaced).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Bundle directory to write (default: MODEL-TARGET here, e.g. resnet50-jetson).")
 @ray_options
 def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
@@ -64,23 +66,29 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
 
     ray = check_ray(ray_cluster, ray_actors)  # the calibration pass; before any long work
 
-    base = None  # the preprocessing the options change: a Keras checkpoint's own, else ImageNet's
     if onnx_path is None:
         from edge_resnet.models.from_weights import checkpoint_preprocessing, resolve_model
 
+        check_head_options(no_top, pooling)
         choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
         model_name, variant, num_classes = choice.name, choice.variant, choice.num_classes
-        base = checkpoint_preprocessing(weights, input_size or 224) if weights else None
     source = ModelSource(model_name, variant, weights, num_classes or 1000, not no_top, pooling, onnx_path, head)
-    spec = make_spec(input_size, resize, mean, std, channel_order, base=base) if any(
-        v is not None for v in (input_size, resize, mean, std, channel_order)) else None
-    labels = tuple(Path(labels_file).read_text(encoding="utf-8").splitlines()) if labels_file else None
+    # without --input-size the size is the model's (an --onnx graph's own) and its preprocessing a Keras
+    # checkpoint's own, else ImageNet's: the other options apply over it
+    base = checkpoint_preprocessing(weights, input_size) if weights and input_size is not None and onnx_path is None else None
+    spec = make_spec(input_size, resize, mean, std, channel_order, base=base) if input_size is not None else None
+    overrides = {k: v for k, v in (("resize", resize), ("mean", mean), ("std", std),
+                                   ("channel_order", channel_order)) if v is not None}
+    labels = read_labels(labels_file) if labels_file else None
     options = CompileOptions(
         target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,
         calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile,
                                        bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction),
-        exclude=tuple(exclude), spec=spec, labels=labels, force=force,
+        exclude=tuple(exclude), spec=spec, preprocess_overrides=tuple(overrides.items()) if spec is None else (),
+        labels=labels, force=force, extra_inputs=(("--labels", labels_file),) if labels_file else (),
         budget=DriftBudget(max_drop, val_source, val_count, max_rebuilds) if max_drop is not None else None, ray=ray)
+    if output is None:  # the one-line command of the README names no output
+        output = f"{Path(onnx_path).stem if onnx_path else model_name}-{Path(target).stem}"
     result = compile_bundle(source, options, output, input_size=input_size or 224)
     b = result.bundle
     art = b.artifact
@@ -102,8 +110,24 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
         click.echo("")
     click.echo(f"wrote bundle {b.path}:")
     for name in sorted(b.manifest["files"]):
-        size = (b.path / name).stat().st_size
+        size = b.file(name).stat().st_size
         click.echo(f"  {name:<28} {size / 1e6:8.2f} MB")
+
+
+def read_labels(path: str) -> tuple[str, ...]:
+    """Class names, one per line (trailing blank lines dropped)."""
+    from edge_resnet.errors import DataError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"--labels {path} is not a UTF-8 text file", "write one class name per line") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataError(f"--labels {path} is empty", "write one class name per line")
+    return tuple(lines)
 
 
 @click.command()

@@ -8,6 +8,9 @@ from typing import Any
 import click
 
 F = Callable[..., Any]
+# kept literal so `--help` does not import numpy/PIL; equal to edge_resnet.data.preprocess's bounds
+MAX_INPUT_SIZE = 4096
+MAX_RESIZE = 8192
 
 
 def _floats3(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
@@ -24,9 +27,9 @@ def _floats3(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 
 def preprocess_options(f: F) -> F:
     for opt in reversed([
-        click.option("--input-size", type=click.IntRange(min=32), default=None,
+        click.option("--input-size", type=click.IntRange(min=32, max=MAX_INPUT_SIZE), default=None,
                      help="Model input size (default: the model's, or 224)."),
-        click.option("--resize", type=click.IntRange(min=1), default=None,
+        click.option("--resize", type=click.IntRange(min=1, max=MAX_RESIZE), default=None,
                      help="Shorter side before the centre crop (default: input size x 256/224)."),
         click.option("--mean", callback=_floats3, default=None, help="Per-channel mean on 0..1 pixels, e.g. 0.485,0.456,0.406."),
         click.option("--std", callback=_floats3, default=None, help="Per-channel std on 0..1 pixels."),

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from edge_resnet.cli.data_options import MAX_INPUT_SIZE
+
 F = Callable[..., Any]
 
 WEIGHTS_HELP = ("A checkpoint: torch .pt/.pth (weights_only) or .safetensors state_dict (torchvision/timm keys), "
@@ -26,10 +28,31 @@ def model_options(f: F) -> F:
         click.option("--no-top", is_flag=True, help="Drop the classifier head (Keras include_top=False)."),
         click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=None,
                      help="With --no-top: avg/max give an embedding, none the last feature map."),
-        click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True),
+        click.option("--input-size", type=click.IntRange(min=32, max=MAX_INPUT_SIZE), default=224, show_default=True),
     ]):
         f = opt(f)
     return f
+
+
+def finite_points(ctx: click.Context | None, param: click.Parameter | None, value: float | None) -> float | None:
+    """A drift budget in points: a finite number (click's float type takes nan and inf); what a negative
+    one means is the command's to say."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a drift budget: use a finite number of points, e.g. 0.5")
+    return value
+
+
+def check_head_options(no_top: bool, pooling: str | None) -> None:
+    """--pooling shapes the output of a model without its classifier; with the classifier it would be ignored."""
+    from edge_resnet.errors import ModelError
+
+    if pooling is not None and not no_top:
+        raise ModelError(f"--pooling {pooling} applies to a model without its classifier, and --no-top is not given "
+                         "(a classifier always average-pools before its fc layer)",
+                         f"add --no-top for an embedding or feature-map model (--no-top --pooling {pooling}), "
+                         "or drop --pooling")
 
 
 def build_from_options(model_name: str | None, variant: str | None, weights: str | None, num_classes: int | None,
@@ -41,6 +64,7 @@ def build_from_options(model_name: str | None, variant: str | None, weights: str
     from edge_resnet.models import build_model, load_weights
     from edge_resnet.models.from_weights import resolve_model
 
+    check_head_options(no_top, pooling)
     choice = resolve_model(model_name, variant, weights, num_classes, include_top=not no_top)
     model = build_model(choice.name, variant=choice.variant, num_classes=choice.num_classes, include_top=not no_top,
                         pooling=pooling if no_top else None)

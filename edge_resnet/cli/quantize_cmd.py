@@ -42,9 +42,11 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     from edge_resnet.data import open_dataset
     from edge_resnet.data.recipes import calibration_sample
     from edge_resnet.distributed.cluster import check_ray
-    from edge_resnet.graph.load import describe_input, load_onnx, save_onnx
+    from edge_resnet.graph.load import load_onnx, require_image_input, save_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
+    from edge_resnet.outputs import atomic_path, check_distinct, check_output, writing
     from edge_resnet.quant.calibrators import CalibrationMethod
+    from edge_resnet.quant.exclude import check_exclude
     from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.quant.pipeline import quantize as run
     from edge_resnet.quant.qdq import QuantConfig
@@ -53,8 +55,13 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
 
     ray = check_ray(ray_cluster, ray_actors)
     start = time.perf_counter()
+    inputs = {"MODEL.onnx": model_path, "--calib": calib}
+    check_distinct({"-o": output, "--scales": scales_path})
+    check_output(output, "-o", inputs=inputs)
+    check_output(scales_path, "--scales", inputs=inputs)
     fg = prepare_float_graph(load_onnx(model_path), head=head)
-    info = describe_input(fg.model)
+    info = require_image_input(fg.model, model_path)
+    check_exclude(fg.model, exclude)
     spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
     sample = calibration_sample(calib, calib_count, seed)
     data = open_dataset(sample.source, spec, count=sample.count, seed=sample.seed, stride=sample.stride)
@@ -74,9 +81,11 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
         qg = quantize_graph(fg.model, stats, config, options)
     else:
         qg = run(fg.model, data, config, options)
-    save_onnx(qg.model, output)
+    with writing(output):
+        save_onnx(qg.model, output)
     if scales_path:
-        qg.save_scales(scales_path)
+        with atomic_path(scales_path) as tmp:
+            qg.save_scales(tmp)
     q = qg.report.quantized
     click.echo(f"{fg.canon}")
     click.echo(f"{fg.fold}")

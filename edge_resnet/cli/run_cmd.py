@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import numpy as np
 
 from edge_resnet.cli.options import ray_options
 from edge_resnet.errors import DataError
+from edge_resnet.outputs import check_distinct, check_output, temporary_sibling, writing
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +87,18 @@ class Ticker:
 
 
 class JsonlSink:
-    """One JSON object per frame: index, top-k labels/indices/scores, latency. Line-buffered."""
+    """One JSON object per frame: index, top-k labels/indices/scores, latency. Line-buffered, into a
+    temporary file next to ``path`` that replaces it on close (when at least one line was written)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._file: IO[str] | None = open(path, "w", encoding="utf-8", buffering=1) if path else None  # noqa: SIM115
+        self.lines = 0
+        self._tmp = temporary_sibling(Path(path)) if path else None
+        self._file: IO[str] | None = None
+        if self._tmp is not None:
+            with writing(str(path)):
+                self._tmp.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._tmp, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def write(self, result: Any) -> None:
         if self._file is None:
@@ -99,11 +108,16 @@ class JsonlSink:
                   "top_k": [{"label": lb, "index": i, "score": round(s, 6)}
                             for lb, i, s in zip(c.labels, c.indices, c.scores, strict=True)],
                   "latency_ms": round(result.latency * 1e3, 3)}
-        self._file.write(json.dumps(record) + "\n")
+        with writing(str(self.path)):
+            self._file.write(json.dumps(record) + "\n")
+        self.lines += 1
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        _publish(self._tmp, self.path, self.lines)
 
     def __enter__(self) -> JsonlSink:
         return self
@@ -137,11 +151,24 @@ def fourcc_for(path: str) -> str:
     return FOURCC[suffix]
 
 
+def _publish(tmp: Path | None, path: str | None, count: int) -> None:
+    """Rename a finished temporary output over ``path`` (one with nothing in it is dropped instead)."""
+    if tmp is None or path is None:
+        return
+    with writing(path):
+        if count > 0 and tmp.exists():
+            os.replace(tmp, path)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 class VideoSink:
-    """Annotated frames (top-1 label and score, live fps) to a video at the source's frame rate."""
+    """Annotated frames (top-1 label and score, live fps) to a video at the source's frame rate, written to
+    a temporary file next to ``path`` that replaces it on close."""
 
     def __init__(self, path: str | None, fps: float | None) -> None:
         self.path = path
+        self._tmp = temporary_sibling(Path(path)) if path else None
         self.frames = 0
         self.fps = fps or DEFAULT_SAVE_FPS
         self._writer: Any = None
@@ -157,8 +184,10 @@ class VideoSink:
 
     def _open(self, width: int, height: int) -> None:
         cv2 = self._cv2
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (width, height))
+        assert self._tmp is not None
+        with writing(str(self.path)):
+            self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (width, height))
         if not writer.isOpened():
             raise DataError(f"OpenCV cannot write {self.path} ({self.fourcc}, {width}x{height} at {self.fps:g} fps)",
                             "check that the folder is writable; try a .avi file (MJPG), which every OpenCV build writes")
@@ -183,6 +212,7 @@ class VideoSink:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            _publish(self._tmp, self.path, self.frames)
 
     def __enter__(self) -> VideoSink:
         return self
@@ -235,6 +265,9 @@ def run(bundle: str, source: str, top_k: int, jsonl: str | None, save: str | Non
 
     if save:
         fourcc_for(save)  # before anything is opened or written
+    check_distinct({"--jsonl": jsonl, "--save": save})
+    for option, path in (("--jsonl", jsonl), ("--save", save)):
+        check_output(path, option, inputs={"--source": source}, bundles={"BUNDLE": bundle})
     model = load(bundle)
     meter, ticker = Meter(), Ticker(PRINT_EVERY_SECONDS)
     try:

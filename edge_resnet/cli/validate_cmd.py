@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edge_resnet.cli.options import ray_options
+from edge_resnet.cli.options import finite_points, ray_options
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
 
 WORST_LAYERS = 5
@@ -72,7 +72,7 @@ def _report_writer() -> Any:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the validation JSON here.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML report here.")
-@click.option("--max-drop", type=float, default=None,
+@click.option("--max-drop", type=float, default=None, callback=finite_points,
               help="Fail (exit 3) above this many points of top-1 drop (labelled data) or of disagreement.")
 @click.option("--no-per-layer", is_flag=True, help="Skip the per-layer error (faster).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -84,11 +84,15 @@ def validate(bundle_dir: str, source: str, count: int | None, seed: int, batch_s
     from edge_resnet.bundle import load_bundle
     from edge_resnet.data import open_dataset
     from edge_resnet.distributed.cluster import check_ray
+    from edge_resnet.outputs import check_distinct, check_output, writing
     from edge_resnet.validate.run import validate_bundle
 
     ray = check_ray(ray_cluster, ray_actors)
 
     write_report = _report_writer() if report_path else None  # fail before the long run
+    check_distinct({"--json": json_path, "--report": report_path})
+    for option, path in (("--json", json_path), ("--report", report_path)):
+        check_output(path, option, inputs={"--data": source}, bundles={"BUNDLE": bundle_dir})
     bundle = load_bundle(bundle_dir)
     data = open_dataset(source, bundle.spec, count=count, seed=seed)
     result = validate_bundle(bundle, data, max_drop=max_drop, per_layer=not no_per_layer,
@@ -99,7 +103,8 @@ def validate(bundle_dir: str, source: str, count: int | None, seed: int, batch_s
     if json_path:
         click.echo(f"wrote {result.write_json(json_path)}")
     if write_report is not None:
-        write_report(Path(report_path), manifest=bundle.manifest, validation=doc, bench=None)
+        with writing(report_path):
+            write_report(Path(report_path), manifest=bundle.manifest, validation=doc, bench=None)
         click.echo(f"wrote {report_path}")
     if result.budget is not None and not result.budget.passed:
         raise BudgetExceeded(f"drift over budget: {result.budget.describe()}",

@@ -47,6 +47,9 @@ _RESAMPLING: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
 }
 _LAYOUTS = ("NCHW",)
+# bounds on the sizes a spec may ask for (a 100000 px input is a 240 GB batch, not a typo to compute)
+MAX_INPUT_SIZE = 4096
+MAX_RESIZE = 2 * MAX_INPUT_SIZE
 _DTYPES = ("float32",)
 
 
@@ -134,6 +137,11 @@ class PreprocessSpec:
         resize = _int("resize", self.resize)
         if input_size < 1:
             raise DataError(f"preprocess input_size must be >= 1, got {input_size}")
+        if input_size > MAX_INPUT_SIZE or resize > MAX_RESIZE:
+            raise DataError(
+                f"preprocess input_size {input_size} / resize {resize} is out of range",
+                f"use an input size up to {MAX_INPUT_SIZE} and a resize up to {MAX_RESIZE} pixels",
+            )
         if resize < input_size:
             raise DataError(
                 f"preprocess resize ({resize}) is smaller than input_size ({input_size})",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from edge_resnet.data.digits import DIGITS_CLASS_NAMES, DIGITS_SPLITS, load_digits_split
 from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
 from edge_resnet.errors import DataError
+from edge_resnet.limits import check_zip_sizes, image_too_large
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,11 @@ _ACCEPTED = (
     "a .npy/.npz array, a video file (" + ", ".join(VIDEO_EXTENSIONS) + "), or digits:train / digits:test"
 )
 _EXAMPLES = 3  # unreadable files named in the warning
+_MAX_LABEL = 2**31 - 1
+# PIL warns about images past 89 megapixels when it opens them; edge_resnet.limits refuses those past its own
+# (lower, configurable) limit with a reason, so the warning would only repeat it (a filter, not catch_warnings:
+# headers are checked on several threads)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # class indices; larger ones are typos (and overflow int64 arrays past 2**63)
 _CHECK_THREADS = 8  # header checks are I/O bound
 
 
@@ -107,9 +114,13 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
-    """(uint8 HxWx3 RGB, "") or (None, why the file cannot be read)."""
+    """(uint8 HxWx3 RGB, "") or (None, why the file cannot be read). Images declaring more pixels than
+    the limit (edge_resnet.limits) are not decoded."""
     try:
         with Image.open(path) as img:
+            too_large = image_too_large(*img.size)
+            if too_large:
+                return None, too_large
             img.load()
             arr = _pil_to_rgb(img)
     except FileNotFoundError:
@@ -152,7 +163,7 @@ def _check_image_header(path: Path) -> str | None:
         return _reason(exc)
     if w <= 0 or h <= 0:
         return f"empty image ({w}x{h})"
-    return None
+    return image_too_large(w, h)
 
 
 def _is_image_file(name: str) -> bool:
@@ -284,11 +295,17 @@ class _VideoReader(_Reader):
         # count by grabbing every frame once, so len() is exact.
         cap = self._open()
         try:
+            width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+            too_large = image_too_large(width, height)
+            if too_large:
+                raise DataError(f"the frames of video {path} are {too_large}", "use a video of a smaller resolution")
+            declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             total = 0
             while cap.grab():
                 total += 1
         finally:
             cap.release()
+        warn_truncated_video(str(path), total, declared)
         if total == 0:
             raise DataError(
                 f"no frames could be read from video {path}",
@@ -414,6 +431,11 @@ def _read_list(path: Path) -> _FileReader:
             raise DataError(
                 f"{path}:{lineno}: negative label {label}", "labels are class indices 0, 1, 2, ..."
             )
+        if label is not None and label > _MAX_LABEL:
+            raise DataError(
+                f"{path}:{lineno}: label {parts[1][:30]} is out of range (at most {_MAX_LABEL})",
+                "labels are class indices 0, 1, 2, ... (one per class of the model)",
+            )
         ids.append(name)
         labels.append(label)
     if not ids:
@@ -473,6 +495,8 @@ def _open_array(path: Path, spec: PreprocessSpec) -> _ArrayReader:
             f"cannot read {path}: not a {'.npy' if is_npy else '.npz'} file",
             "save arrays with np.save (.npy) or np.savez (.npz, with x and optional y)",
         )
+    if not is_npy:  # npz members are decompressed into memory: check what they declare first
+        check_zip_sizes(path, "array file", DataError)
     try:
         if is_npy:
             x = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -500,6 +524,11 @@ def _open_array(path: Path, spec: PreprocessSpec) -> _ArrayReader:
     except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError on truncated or foreign files
         raise DataError(f"cannot read {path}: {_reason(exc)}", "save it with np.save / np.savez") from None
     layout = _array_layout(x, spec, path)
+    if layout != "preprocessed":
+        h, w = (x.shape[2], x.shape[3]) if layout == "nchw" else (x.shape[1], x.shape[2])
+        too_large = image_too_large(int(w), int(h))
+        if too_large:
+            raise DataError(f"the images in {path} are {too_large}", "save smaller images")
     n = int(x.shape[0])
     if y is not None:
         if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
@@ -515,6 +544,13 @@ def _open_array(path: Path, spec: PreprocessSpec) -> _ArrayReader:
     if class_names is not None and y is None:
         class_names = None
     return _ArrayReader("array", str(path), x, layout, y, class_names)
+
+
+def warn_truncated_video(name: str, read: int, declared: int) -> None:
+    """Warn when a video ends well before the frame count its header declares (a truncated file)."""
+    if declared > 0 and read < declared - max(2, declared // 100):  # headers are estimates: allow 1%
+        logger.warning("video %s ended after %d frames, but its header declares %d: the file is probably truncated "
+                       "(only the frames that could be read are used)", name, read, declared)
 
 
 def _open_video(path: Path, stride: int) -> _VideoReader:

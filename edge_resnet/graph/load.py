@@ -93,6 +93,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
     # fail on a graph that is not an image model before more work; an NHWC input is rewritten later
     describe_input(model, source=p, channels_last_ok=True)
+    _check_domains(model, p)
 
     if external and not large:
         _load_external(model, p)  # load first: shape inference can then read constant shapes
@@ -227,6 +228,54 @@ def _dtype_name(tt: onnx.TypeProto.Tensor) -> str:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
     except (KeyError, TypeError, ValueError):
         return TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "undefined"
+
+
+def require_image_input(model: onnx.ModelProto, source: str | os.PathLike[str] | None = None) -> InputInfo:
+    """The graph's input, when it takes what edge-resnet feeds: float32 N x 3 x H x W images."""
+    info = describe_input(model, source)
+    where = f" of {source}" if source is not None else ""
+    shape = _format_value_info(next(vi for vi in model.graph.input if vi.name == info.name))
+    if info.channels != 3:
+        raise GraphError(
+            f"input '{info.name}'{where} has {info.channels} channel(s) {shape}; edge-resnet feeds 3-channel "
+            "(RGB or BGR) images",
+            "export the model with a 3-channel input; a grayscale model can take RGB by repeating conv1's "
+            "weights over 3 input channels divided by 3 (conv1.weight.repeat(1, 3, 1, 1) / 3)",
+        )
+    if info.dtype != "float32":
+        raise GraphError(
+            f"input '{info.name}'{where} is {info.dtype} {shape}; edge-resnet feeds float32 images (N, 3, H, W)",
+            "export the model with a float32 input (the normalization happens in the preprocessing)",
+        )
+    return info
+
+
+# operator domains every build can run: the ONNX standard ones (validated by the checker against
+# their schemas) and ONNX Runtime's contrib ops (ONNX Runtime is the reference executor)
+_RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+def _check_domains(model: onnx.ModelProto, p: Path) -> None:
+    custom: dict[str, set[str]] = {}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            if node.domain not in _RUNNABLE_DOMAINS:
+                custom.setdefault(node.domain, set()).add(node.op_type)
+            for a in node.attribute:
+                if a.HasField("g"):
+                    walk(a.g)
+                for g in a.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    if custom:
+        found = "; ".join(f"{', '.join(sorted(ops))} (domain {domain})" for domain, ops in sorted(custom.items()))
+        raise GraphError(
+            f"{p} uses custom operators that no edge-resnet backend implements: {found}",
+            "export the model with standard ONNX operators only (a ResNet needs nothing else), or replace the "
+            "custom ones with standard ONNX before compiling",
+        )
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

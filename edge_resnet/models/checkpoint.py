@@ -30,28 +30,104 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 _SHOW = 5  # how many of each kind of mismatch to list
 
 
+# what torch's weights_only unpickler (torch/_weights_only_unpickler.py) says when a file references Python
+# classes or functions: "Unsupported global: GLOBAL x.y", "Trying to load unsupported GLOBAL posix.system",
+# "Trying to call reduce for unrecognized function", "... classes allowlisted via `add_safe_globals`"; any
+# UnpicklingError is also wrapped in "Weights only load failed", garbage bytes included
+_PICKLE_REFUSALS = ("unsupported global", "unrecognized function", "add_safe_globals")
+_TORCH_ADVICE = re.compile(r"weights_only|safe_globals|weights only load failed|trusted source|documentation of "
+                           r"torch\.load", re.IGNORECASE)
+# first bytes of checkpoint formats torch.load does not read -> what they are (readers plug in here)
+_OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 / .weights.h5 model)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x08", "an ONNX model? (pass ONNX files with --onnx)"),
+)
+
+
+def _other_format(path: Path) -> str | None:
+    """What ``path`` is when it is a checkpoint format torch.load does not read (None: torch's own)."""
+    import json
+    import struct
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic) and (magic != b"\x08" or path.suffix.lower() == ".onnx"):
+            return kind
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
+            return "a Keras 3 .keras archive"
+        return None
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 little-endian header length, JSON header
+        n = struct.unpack("<Q", head[:8])[0]
+        if 2 <= n <= min(path.stat().st_size - 8, 100 << 20):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(8)
+                    json.loads(f.read(n))
+                return "a safetensors file"
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """torch's message without its advice to load with weights_only=False (never to be followed here)."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n|\n\t", str(exc))]
+    kept = [p for p in paragraphs if p and not _TORCH_ADVICE.search(p)]
+    return (kept[0] if kept else type(exc).__name__)[:200]
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat state_dict of tensors."""
+    import pickle
+
+    from edge_resnet.limits import check_file_size, check_zip_sizes
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist", "check the path given to --weights")
     foreign = open_foreign(path)  # Keras and safetensors files have their own readers
     if foreign is not None:
         return _flatten(foreign.state_dict, path)
+    kind = _other_format(path)
+    if kind is not None:
+        raise CheckpointError(f"checkpoint {path} is {kind}, which this edge-resnet does not read as weights",
+                              "save the weights with torch.save(model.state_dict(), 'ckpt.pth')")
+    if zipfile_like(path):
+        check_zip_sizes(path, "checkpoint", CheckpointError)
+    else:  # the legacy (pre-zip) format: the file holds the storages, so its size bounds what is read
+        check_file_size(path, "checkpoint", CheckpointError)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Unsupported global" in str(exc):  # a class reference: a pickled module or object
-            raise CheckpointError(
-                f"checkpoint {path} contains pickled Python objects, which are never unpickled (security)",
-                "save the weights alone: torch.save(model.state_dict(), 'ckpt.pth')",
-            ) from exc
+        text = str(exc).lower()  # an UnpicklingError alone may be garbage bytes ("invalid load key")
+        if isinstance(exc, pickle.UnpicklingError) and any(s in text for s in _PICKLE_REFUSALS):
+            found = re.search(r"GLOBAL\s+([\w.]+)", str(exc), re.IGNORECASE)
+            what = f", e.g. {found.group(1)}" if found else ""
+            raise CheckpointError(  # never repeat torch's hint to pass weights_only=False
+                f"checkpoint {path} contains pickled Python objects (classes or functions{what}, not only tensors), "
+                "which are never unpickled: unpickling runs code from the file",
+                "save the weights alone: torch.save(model.state_dict(), 'ckpt.pth'), in the environment that "
+                "trained the model",
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} cannot be read as a PyTorch file ({msg})",
+            f"checkpoint {path} cannot be read as a PyTorch file ({_torch_reason(exc)})",
             "pass a .pt/.pth file written by torch.save(model.state_dict(), ...); it may be truncated",
-        ) from exc
+        ) from None
     return _flatten(obj, path)
+
+
+def zipfile_like(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _flatten(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -141,11 +217,24 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     mm = compare(model, sd)
     if mm:
         raise CheckpointError(_describe(path, mm, sd), _hint(sd))
+    check_finite_weights(sd, path)
     model.load_state_dict(sd, strict=False)  # strict except num_batches_tracked, checked above
     log.info("loaded %d tensors from %s", len(sd), path)
     from edge_resnet.bundle import sha256_file
 
     return sha256_file(path)
+
+
+def check_finite_weights(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """CheckpointError when floating tensors of ``sd`` hold NaN or +-inf: refused here, before a model is
+    built and exported from them (the exported graph is checked again, for --onnx inputs too)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - _SHOW} more)" if len(bad) > _SHOW else ""
+        raise CheckpointError(f"checkpoint {path} has NaN or infinite weights in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:_SHOW])}{more}",
+                              "fix the checkpoint (a diverged training run, or BatchNorm statistics saved as NaN) "
+                              "or save it again from good weights")
 
 
 def _describe(path: Path, mm: Mismatch, sd: Mapping[str, torch.Tensor]) -> str:

@@ -122,6 +122,8 @@ def _family(names: Sequence[str]) -> str | None:
 def looks_like(names: Iterable[str], model_name: str | None = None, classes: Mapping[str, str] | None = None) -> str:
     """A short description of a Keras model that is not a ResNet: family, name, layer kinds."""
     names = [n for n in names if not classes or classes.get(n) not in _WEIGHTLESS]
+    if not names:
+        return f"a Keras model{f' named {model_name!r}' if model_name else ''} without any layer holding weights"
     family = _family(names)
     desc = f"a Keras model named {model_name!r}" if model_name else "a Keras model"
     if family:

@@ -252,6 +252,11 @@ class Model:
     # ---- postprocessing (also used by streams)
 
     def classifications(self, logits: np.ndarray, k: int) -> list[Classification]:
+        if logits.ndim == 2 and logits.shape[1] < 2:
+            raise BundleError(f"{self.bundle.path} outputs {logits.shape[1:]} per frame: the softmax of a single "
+                              "logit is always 1.0, so it cannot rank classes",
+                              "use model.infer(frames) for the raw score (e.g. a sigmoid for a binary classifier), or "
+                              "compile a model with one output per class")
         idx, scores = top_k_softmax(logits, min(k, logits.shape[1]))
         names = self._label_names(logits.shape[1])
         return [Classification(tuple(i), tuple([names[j] for j in i]), tuple(s))

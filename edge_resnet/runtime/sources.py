@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_resnet.data.preprocess import ChannelOrder
-from edge_resnet.data.sources import IMAGE_EXTENSIONS, load_image
+from edge_resnet.data.sources import IMAGE_EXTENSIONS, load_image, warn_truncated_video
 from edge_resnet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -166,11 +166,15 @@ class CaptureSource(FrameSource):
         return self._frames()
 
     def _frames(self) -> Iterator[np.ndarray]:
+        read = 0
         try:
             while not self._closed:
                 ok, frame = self._cap.read()
                 if not ok or frame is None:
+                    if self.kind is SourceKind.VIDEO and not self._closed:
+                        warn_truncated_video(self.name, read, self.frame_count or 0)
                     return
+                read += 1
                 yield frame
         finally:
             with self._lock:

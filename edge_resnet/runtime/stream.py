@@ -178,7 +178,9 @@ class _Work:
     max_frames: int | None
 
     def prepare_item(self, item: _Item) -> None:
-        assert item.frame is not None
+        if item.frame is None:  # what a failed capture gives (ok, frame = cap.read() -> False, None)
+            raise DataError(f"frame {item.index} of {self.source.name} is None, not an image",
+                            "leave out the frames a capture failed to read (when ok is False), or stop the source there")
         item.tensor = self.prepare(item.frame, self.source.order, f"frame {item.index} ({self.source.name})")
         if not self.keep_frames:
             item.frame = None

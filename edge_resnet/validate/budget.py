@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,8 +45,22 @@ from typing import Any
 import numpy as np
 
 from edge_resnet.backends.base import get_backend
-from edge_resnet.bundle import MANIFEST, Bundle, BundleWriter, load_bundle
-from edge_resnet.compile import CompileOptions, CompileResult, ModelSource, compile_bundle, float_graph_for
+from edge_resnet.bundle import (
+    MANIFEST,
+    Bundle,
+    BundleWriter,
+    clean_stale_staging,
+    load_bundle,
+    make_staging_dir,
+)
+from edge_resnet.compile import (
+    CompileOptions,
+    CompileResult,
+    ModelSource,
+    compile_bundle,
+    compile_inputs,
+    float_graph_for,
+)
 from edge_resnet.data import Dataset, open_dataset
 from edge_resnet.data.recipes import DEFAULT_SEED
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
@@ -137,6 +151,9 @@ class CachingReference(FloatReference):
 def _check_request(source: ModelSource, options: CompileOptions) -> None:
     budget = options.budget
     assert budget is not None
+    if not math.isfinite(budget.max_drop):
+        raise EdgeResnetError(f"a drift budget of {budget.max_drop} points is not a number of points",
+                              "use a finite budget >= 0, e.g. 0.5")
     if budget.max_drop < 0:
         raise BudgetExceeded(
             f"a drift budget of {budget.max_drop} points asks the INT8 build to beat the float model; keeping "
@@ -201,10 +218,12 @@ def compile_with_budget(source: ModelSource, options: CompileOptions, out_dir: s
     _check_request(source, options)
     budget = options.budget
     assert budget is not None
-    writer = BundleWriter(out_dir, force=options.force)  # fails fast when the output exists
+    # fails fast: an output that exists, holds an input, or cannot be written
+    writer = BundleWriter(out_dir, force=options.force, inputs=compile_inputs(source, options))
     base = replace(options, budget=None, force=False)
     writer.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{writer.out.name}.budget-", dir=writer.out.parent))
+    clean_stale_staging(writer.out)
+    staging = make_staging_dir(writer.out, "budget")
     try:
         fg = float_graph_for(source, input_size)
         current = compile_bundle(source, base, staging / "attempt-0", input_size, float_graph=fg, reusable_stats=True)
@@ -256,6 +275,7 @@ def _publish(writer: BundleWriter, staged: CompileResult, result: ValidationResu
     result.per_layer = layer_errors(bundle, [b.x for b in sample.batches(state.budget.batch_size)],
                                     result.kept_float, progress=state.progress)
     result.bundle = str(writer.out)
+    result.bundle_sha256 = None  # written inside the bundle, before its manifest (and so its hash) exists
     manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
     assert result.budget is not None
     manifest["budget"] = {

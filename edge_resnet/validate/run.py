@@ -127,12 +127,13 @@ class ValidationResult:
     per_layer: list[LayerError] = field(default_factory=list)  # worst first (Q/DQ graph in ONNX Runtime)
     budget: BudgetCheck | None = None
     kept_float: list[str] = field(default_factory=list)
+    bundle_sha256: str | None = None  # the bundle's manifest integrity hash: which bundle, wherever it is copied
 
     def to_json(self) -> dict[str, Any]:
         """The validation JSON (read by the report module). Strict JSON: an infinite SQNR (outputs
         identical to the reference) is written as null."""
         return _finite({
-            "bundle": self.bundle, "target": self.target, "backend": self.backend, "precision": self.precision,
+            "bundle": self.bundle, "bundle_sha256": self.bundle_sha256, "target": self.target, "backend": self.backend, "precision": self.precision,
             "device": self.device,
             "data": {"source": self.source, "count": self.count, "labelled": self.labelled},
             "reference": {"runtime": "onnxruntime", "precision": "fp32"},
@@ -145,10 +146,10 @@ class ValidationResult:
         })
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        return path
+        """Atomically (a reader never sees half a file); write errors are one OutputError."""
+        from edge_resnet.outputs import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
 
     def check_budget(self, max_drop: float) -> BudgetCheck:
         """Set and return ``budget``. Labelled data: top-1 drop; else disagreement, both in points."""
@@ -337,7 +338,8 @@ def validate_bundle(bundle: Bundle, data: Dataset, *, max_drop: float | None = N
         bundle=str(bundle.path.absolute()), target=bundle.profile.name, backend=art.backend.value, precision=art.precision.value,
         device=str(art.info.get("device") or bundle.profile.device), source=str(data.info["path"]),
         count=stream.count, labelled=bool(stream.labelled), metrics=DriftMetrics.from_stream(stream),
-        per_class=_per_class(stream, names), confusion=_confusion(stream, names), kept_float=kept)
+        per_class=_per_class(stream, names), confusion=_confusion(stream, names), kept_float=kept,
+        bundle_sha256=(bundle.manifest.get("integrity") or {}).get("manifest_sha256"))
     if per_layer:
         result.per_layer = layer_errors(bundle, done.layer_x, kept, progress)
     if max_drop is not None:
