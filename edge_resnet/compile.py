@@ -78,6 +78,7 @@ class CompileOptions:
     progress: bool = True
     # other files the build reads (role, path), e.g. ("--labels", "names.txt"): -o must not hold them
     extra_inputs: tuple[tuple[str, str], ...] = ()
+    ray: Any = None  # distributed.cluster.RayOptions: the calibration pass on a Ray cluster (same statistics)
 
 
 @dataclass
@@ -199,9 +200,15 @@ def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, 
                                    bias_correction=options.calibration.bias_correction)
         return stats, {"source": RANDOM_CALIB, "random": True, "count": sample.count, "seed": sample.seed}
     data = open_dataset(sample.source, spec, count=sample.count, seed=sample.seed, stride=sample.stride)
-    stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
-                               threads=options.calibration.threads, progress=options.progress,
-                               bias_correction=options.calibration.bias_correction)
+    if options.ray is not None:
+        from edge_resnet.distributed.calibrate import collect_statistics_on_ray
+
+        stats = collect_statistics_on_ray(fg.model, tensors, data, bs, options.ray, progress=options.progress,
+                                          bias_correction=options.calibration.bias_correction)
+    else:
+        stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
+                                   threads=options.calibration.threads, progress=options.progress,
+                                   bias_correction=options.calibration.bias_correction)
     record = {"source": sample.source, **sample.record(), "random": False, "count": stats.images, "seed": sample.seed,
               "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
     return stats, record

@@ -92,6 +92,18 @@ RUNS: dict[str, Run] = {
     # calibration/README.md
     "edge-resnet compile ... --calib recipe:digits":
         Run(f"compile --model resnet18 --weights ckpt.pth --target onnxruntime --calib recipe:digits {DIGITS} -o recipe-bundle"),
+    # Ray (a local cluster; tests/test_ray.py's session cluster when it ran first). test_ray.py also
+    # compares each of these with its local counterpart.
+    "edge-resnet validate edge-resnet-demo/onnxruntime --data digits:test --ray local --json validation.json":
+        Run("validate edge-resnet-demo/onnxruntime --data digits:test --count 60 --ray local --json validation.json",
+            needs=("edge-resnet demo -o edge-resnet-demo",)),
+    "edge-resnet quantize edge-resnet-demo/onnxruntime/model.float.onnx --calib digits:train --calib-count 128 "
+    "--ray local -o model.int8.onnx":
+        Run("quantize edge-resnet-demo/onnxruntime/model.float.onnx --calib digits:train --calib-count 32 --ray local "
+            "-o model.int8.onnx", needs=("edge-resnet demo -o edge-resnet-demo",)),
+    "edge-resnet run edge-resnet-demo/onnxruntime --source videos/ --ray local --out results.parquet":
+        Run("run edge-resnet-demo/onnxruntime --source images/ --ray local --out results.parquet",
+            needs=("edge-resnet demo -o edge-resnet-demo",)),
 }
 # the install + test command is what .ci/run executes; the install part of the main command is
 # checked against pyproject.toml below (a test cannot pip-install), its `edge-resnet demo` is run
@@ -235,7 +247,8 @@ def _invoke(shown: str, ws: Path, monkeypatch, cache_dir: Path) -> object:
 def test_readme_command_runs(shown: str, workspace: Path, monkeypatch, cache_dir: Path):
     r = _invoke(shown, workspace, monkeypatch, cache_dir)
     args = shlex.split(RUNS[shown].args)
-    outputs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-o", "--json", "--jsonl", "--save", "--report")]
+    outputs = [args[i + 1] for i, a in enumerate(args[:-1])
+               if a in ("-o", "--json", "--jsonl", "--save", "--report", "--out")]
     for out in outputs:
         assert (workspace / out).exists(), f"{out} was not written"
     if args[0] == "compile":
@@ -243,9 +256,13 @@ def test_readme_command_runs(shown: str, workspace: Path, monkeypatch, cache_dir
                               f"{args[args.index('--target') + 1]}")
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["artifact"]["precision"] == "int8" and (bundle / manifest["graphs"]["int8"]).is_file()
-    if args[0] == "run":
+    if args[0] == "run" and "--jsonl" in args:
         lines = (workspace / "out.jsonl").read_text().splitlines()
         assert len(lines) == 12, "one line per frame of the 12-frame video"
+    if args[0] == "run" and "--out" in args:  # the batch mode (--ray): one row per image of images/
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(workspace / args[args.index("--out") + 1]).num_rows == 24
     if args[0] in ("models", "targets"):
         assert "resnet50" in r.output or "jetson" in r.output
 

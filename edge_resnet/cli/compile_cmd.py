@@ -7,7 +7,7 @@ import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
 from edge_resnet.cli.head_option import head_option
-from edge_resnet.cli.options import WEIGHTS_HELP, finite_points
+from edge_resnet.cli.options import WEIGHTS_HELP, finite_points, ray_options
 
 
 @click.command("compile")
@@ -48,9 +48,11 @@ from edge_resnet.cli.options import WEIGHTS_HELP, finite_points
               help="Replace the output directory if it is an edge-resnet bundle (nothing else is ever replaced).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Bundle directory to write (default: MODEL-TARGET here, e.g. resnet50-jetson).")
+@ray_options
 def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
-             channel_order, max_drop, val_source, val_count, max_rebuilds, force, output) -> None:
+             channel_order, max_drop, val_source, val_count, max_rebuilds, force, output, ray_cluster=None,
+             ray_actors=None) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
     from edge_resnet.budget import DriftBudget, compile_with_budget
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
@@ -60,6 +62,9 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
 
     if (max_drop is None) != (val_source is None):
         raise click.UsageError("--max-drop and --val go together: the budget is checked on the --val data")
+    from edge_resnet.distributed.cluster import check_ray
+
+    ray = check_ray(ray_cluster, ray_actors)  # the calibration pass; before any long work
 
     if onnx_path is None:
         from edge_resnet.models.from_weights import (
@@ -84,7 +89,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
         calibration=CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile,
                                        bias_correction=DEFAULT_BIAS_CORRECTION if bias_correction is None else bias_correction),
         exclude=tuple(exclude), spec=spec, preprocess_overrides=tuple(overrides.items()) if spec is None else (),
-        labels=labels, force=force, extra_inputs=(("--labels", labels_file),) if labels_file else ())
+        labels=labels, force=force, extra_inputs=(("--labels", labels_file),) if labels_file else (), ray=ray)
     if output is None:  # the one-line command of the README names no output
         output = f"{Path(onnx_path).stem if onnx_path else model_name}-{Path(target).stem}"
     if max_drop is not None:

@@ -42,3 +42,16 @@ def finite_points(ctx: click.Context | None, param: click.Parameter | None, valu
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a drift budget: use a finite number of points, e.g. 0.5")
     return value
+
+
+def ray_options(f: F) -> F:
+    """``--ray`` and ``--ray-actors`` (Ray itself is imported only when they are given)."""
+    for opt in reversed([
+        click.option("--ray", "ray_cluster", metavar="auto|local|ADDRESS", default=None,
+                     help="Run on a Ray cluster (pip install 'edge-resnet[ray]'): local starts one on this machine, "
+                          "auto joins the one `ray start` runs here, or HOST:PORT. Results equal the local run's."),
+        click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+                     help="With --ray: actors (each loads the bundle once); default one per CPU of the cluster."),
+    ]):
+        f = opt(f)
+    return f

@@ -6,6 +6,7 @@ import click
 
 from edge_resnet.cli.data_options import make_spec, preprocess_options
 from edge_resnet.cli.head_option import head_option
+from edge_resnet.cli.options import ray_options
 
 
 @click.command()
@@ -31,13 +32,16 @@ from edge_resnet.cli.head_option import head_option
 @head_option
 @preprocess_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+@ray_options
 def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: str | None, percentile: float | None,
              bias_correction: bool | None, fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int,
              scales_path: str | None, head: str | None, input_size: int | None, resize: int | None,
-             mean: tuple | None, std: tuple | None, channel_order: str | None, output: str) -> None:
+             mean: tuple | None, std: tuple | None, channel_order: str | None, output: str,
+             ray_cluster: str | None = None, ray_actors: int | None = None) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
     from edge_resnet.data.recipes import calibration_sample
+    from edge_resnet.distributed.cluster import check_ray
     from edge_resnet.graph.load import load_onnx, require_image_input, save_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
     from edge_resnet.outputs import atomic_path, check_distinct, check_output, writing
@@ -49,6 +53,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     from edge_resnet.targets import resolve_weight_range_choice
     from edge_resnet.types import ActivationFormat, WeightRange
 
+    ray = check_ray(ray_cluster, ray_actors)
     start = time.perf_counter()
     inputs = {"MODEL.onnx": model_path, "--calib": calib}
     check_distinct({"-o": output, "--scales": scales_path})
@@ -65,7 +70,17 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     fmt_enum = ActivationFormat(fmt)
     default_range = WeightRange.AUTO if fmt_enum is ActivationFormat.U8S8 else WeightRange.FULL
     wr = resolve_weight_range_choice(WeightRange(weight_range) if weight_range else default_range)
-    qg = run(fg.model, data, QuantConfig(fmt_enum, tuple(exclude), wr), options)
+    config = QuantConfig(fmt_enum, tuple(exclude), wr)
+    if ray is not None:
+        from edge_resnet.distributed.calibrate import collect_statistics_on_ray
+        from edge_resnet.quant.pipeline import quantize_graph
+        from edge_resnet.quant.qdq import required_tensors
+
+        stats = collect_statistics_on_ray(fg.model, required_tensors(fg.model, config), data, batch_size, ray,
+                                          bias_correction=options.bias_correction)
+        qg = quantize_graph(fg.model, stats, config, options)
+    else:
+        qg = run(fg.model, data, config, options)
     with writing(output):
         save_onnx(qg.model, output)
     if scales_path:

@@ -19,6 +19,7 @@ from typing import IO, Any
 import click
 import numpy as np
 
+from edge_resnet.cli.options import ray_options
 from edge_resnet.errors import DataError
 from edge_resnet.outputs import check_distinct, check_output, temporary_sibling, writing
 
@@ -244,9 +245,22 @@ def _progress(meter: Meter, result: Any) -> str:
 @click.option("--mode", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True,
               help="throughput: one inference per core, waiting frames batched (most frames/s, for files and "
                    "busy streams); latency: one frame at a time on all cores (quickest result per frame).")
+@ray_options
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="With --ray (batch mode): labels or embeddings of every image/frame, with its source and frame "
+                   "index, in source order, to a .parquet or .jsonl file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="With --ray: images/frames per batch an actor runs.")
 def run(bundle: str, source: str, top_k: int, jsonl: str | None, save: str | None, max_frames: int | None,
-        order: str | None, mode: str) -> None:
-    """Classify every frame of a video, camera, stream or image folder with BUNDLE."""
+        order: str | None, mode: str, ray_cluster: str | None = None, ray_actors: int | None = None,
+        out: str | None = None, batch_size: int = 16) -> None:
+    """Classify every frame of a video, camera, stream or image folder with BUNDLE.
+
+    With --ray and --out: a batch run over a folder, a .txt list or videos on a Ray cluster.
+    """
+    if ray_cluster is not None or out is not None:
+        _run_batch(bundle, source, top_k, jsonl, save, max_frames, order, ray_cluster, ray_actors, out, batch_size)
+        return
     from edge_resnet.runtime import ModelKind, load
 
     if save:
@@ -286,3 +300,21 @@ def run(bundle: str, source: str, top_k: int, jsonl: str | None, save: str | Non
         click.echo(f"wrote {jsonl} ({meter.frames} lines)")
     if save:
         click.echo(f"wrote {save} ({video.frames} frames at {video.fps:g} fps)")
+
+
+def _run_batch(bundle: str, source: str, top_k: int, jsonl: str | None, save: str | None, max_frames: int | None,
+               order: str | None, ray_cluster: str | None, ray_actors: int | None, out: str | None,
+               batch_size: int) -> None:
+    """The batch mode: ``run --ray ... --out results.parquet`` (see edge_resnet.distributed.batch_run)."""
+    if ray_cluster is None or out is None:
+        raise click.UsageError("--ray and --out go together (the batch mode); without --ray, use --jsonl")
+    for name, value in (("--jsonl", jsonl), ("--save", save), ("--max-frames", max_frames), ("--order", order)):
+        if value is not None:
+            raise click.UsageError(f"{name} is for the live mode; the batch mode (--ray) writes every frame to --out")
+    from edge_resnet.distributed.batch_run import run_batch
+    from edge_resnet.distributed.cluster import check_ray
+
+    ray = check_ray(ray_cluster, ray_actors)
+    summary = run_batch(bundle, source, out, ray, top_k=top_k, batch_size=batch_size)
+    click.echo(summary.describe())
+    click.echo(f"wrote {summary.out} ({summary.items} rows)")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edge_resnet.cli.options import finite_points
+from edge_resnet.cli.options import finite_points, ray_options
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
 
 WORST_LAYERS = 5
@@ -76,13 +76,18 @@ def _report_writer() -> Any:
               help="Fail (exit 3) above this many points of top-1 drop (labelled data) or of disagreement.")
 @click.option("--no-per-layer", is_flag=True, help="Skip the per-layer error (faster).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@ray_options
 def validate(bundle_dir: str, source: str, count: int | None, seed: int, batch_size: int, json_path: str | None,
-             report_path: str | None, max_drop: float | None, no_per_layer: bool, no_progress: bool) -> None:
+             report_path: str | None, max_drop: float | None, no_per_layer: bool, no_progress: bool,
+             ray_cluster: str | None = None, ray_actors: int | None = None) -> None:
     """Compare a bundle's artifact with its float model (ONNX Runtime FP32) on real data."""
     from edge_resnet.bundle import load_bundle
     from edge_resnet.data import open_dataset
+    from edge_resnet.distributed.cluster import check_ray
     from edge_resnet.outputs import check_distinct, check_output, writing
     from edge_resnet.validate.run import validate_bundle
+
+    ray = check_ray(ray_cluster, ray_actors)
 
     write_report = _report_writer() if report_path else None  # fail before the long run
     check_distinct({"--json": json_path, "--report": report_path})
@@ -91,7 +96,7 @@ def validate(bundle_dir: str, source: str, count: int | None, seed: int, batch_s
     bundle = load_bundle(bundle_dir)
     data = open_dataset(source, bundle.spec, count=count, seed=seed)
     result = validate_bundle(bundle, data, max_drop=max_drop, per_layer=not no_per_layer,
-                             progress=not no_progress, batch_size=batch_size)
+                             progress=not no_progress, batch_size=batch_size, ray=ray)
     for line in format_table(result):
         click.echo(line)
     doc = result.to_json()

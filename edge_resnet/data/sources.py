@@ -774,6 +774,15 @@ class Dataset:
         return [self._reader.item_id(int(i)) for i in self._selected]
 
     @property
+    def positions(self) -> np.ndarray:
+        """Positions of the selected items in the source's full listing, in iteration order."""
+        return self._selected.copy()
+
+    def subset(self, positions: np.ndarray) -> Dataset:
+        """The items at ``positions`` of the source's listing (as :attr:`positions` gives them), same reader."""
+        return Dataset(self._reader, self.spec, np.asarray(positions, dtype=np.int64), {}, dict(self._info))
+
+    @property
     def skipped(self) -> int:
         """Unreadable items met so far (when opening, and while decoding)."""
         return len(self._bad)
@@ -935,3 +944,11 @@ def open_dataset(
     ds = Dataset(reader, spec, selected, bad, info)
     logger.info("data: %s", ds.description)
     return ds
+
+
+def open_listing(src: str | Path, spec: PreprocessSpec, *, stride: int = 10) -> Dataset:
+    """Every item of a source, neither checked nor sampled: a worker's view of a source the driver
+    opened with :func:`open_dataset` (pick the driver's items with :meth:`Dataset.subset`)."""
+    reader = _open_reader(src, spec, int(stride))
+    info = {"kind": reader.kind, "path": reader.path, "total": len(reader)}
+    return Dataset(reader, spec, np.arange(len(reader), dtype=np.int64), {}, info)

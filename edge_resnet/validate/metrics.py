@@ -127,6 +127,30 @@ class StreamingMetrics:
             cm = confusion_matrix(labels, scores.argmax(1), self.classes)
             self.confusion[key] = self.confusion.get(key, 0) + cm
 
+    def merge(self, other: StreamingMetrics) -> StreamingMetrics:
+        """Add ``other``'s images (e.g. another worker's batches) into these metrics, in place.
+
+        Counts and the minimum merge exactly; sums add, so merging the batches' metrics in batch order
+        gives the very floats of one pass over the same batches.
+        """
+        if (other.classes, other.topk) != (self.classes, self.topk):
+            raise ValueError(f"cannot merge metrics of {other.classes} classes / top-{other.topk} into "
+                             f"{self.classes} classes / top-{self.topk}")
+        self.count += other.count
+        self.agree += other.agree
+        self.cos_sum += other.cos_sum
+        self.cos_min = min(self.cos_min, other.cos_min)
+        self.signal += other.signal
+        self.noise += other.noise
+        self.labelled += other.labelled
+        for key, per_k in other.correct.items():
+            mine = self.correct.setdefault(key, {})
+            for k, n in per_k.items():
+                mine[k] = mine.get(k, 0) + n
+        for key, cm in other.confusion.items():
+            self.confusion[key] = self.confusion.get(key, 0) + cm
+        return self
+
     # ---- results
 
     @property

@@ -25,6 +25,7 @@ from edge_resnet.data import Dataset
 from edge_resnet.errors import BundleError, DataError, EdgeResnetError
 from edge_resnet.validate.layers import LayerError, per_layer_errors
 from edge_resnet.validate.metrics import StreamingMetrics
+from edge_resnet.validate.reference import FloatReference
 
 log = logging.getLogger(__name__)
 
@@ -205,23 +206,6 @@ def _mapped(y: np.ndarray | None, mapping: np.ndarray | None, num_outputs: int) 
 # ---------------------------------------------------------------------------------------------- running
 
 
-class FloatReference:
-    """The float graph in ONNX Runtime FP32 (CPU): the yardstick every artifact is compared with."""
-
-    def __init__(self, float_model: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(float_model), so, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0], np.float32)
-
-
 def _layer_sample(n: int, count: int) -> set[int]:
     """Positions of ``count`` images spread evenly over ``n`` (folders list class by class)."""
     if count <= 0 or n <= 0:
@@ -260,6 +244,19 @@ def _compare(reference: Any, runner: Any, data: Dataset, classes: int | None, ma
     return _Pass(stream, kept)
 
 
+def _compare_on_ray(bundle: Bundle, data: Dataset, classes: int | None, mapping: np.ndarray | None,
+                    batch_size: int, layer_images: int, progress: bool, ray: Any) -> _Pass:
+    """``_compare`` on a Ray cluster: the same batches and metrics (see edge_resnet.distributed)."""
+    from edge_resnet.distributed.validate import compare_on_ray
+
+    labels = _mapped(data.labels, mapping, classes) if classes is not None else None
+    stream, kept = compare_on_ray(bundle, data, classes, labels, batch_size, _layer_sample(len(data), layer_images),
+                                  progress, ray)
+    if stream.count == 0:
+        raise DataError(f"no images to validate on in {data.info['path']}", "pass --data with images")
+    return _Pass(stream, kept)
+
+
 def _per_class(stream: StreamingMetrics, names: list[str]) -> list[ClassAccuracy]:
     if "float" not in stream.confusion:
         return []
@@ -288,10 +285,13 @@ def _num_outputs(reference: FloatReference) -> int | None:
 
 def validate_bundle(bundle: Bundle, data: Dataset, *, max_drop: float | None = None, per_layer: bool = True,
                     progress: bool = True, batch_size: int = BATCH_SIZE, layer_images: int = LAYER_IMAGES,
-                    runner: Any = None, reference: FloatReference | None = None) -> ValidationResult:
+                    runner: Any = None, reference: FloatReference | None = None,
+                    ray: Any = None) -> ValidationResult:
     """Run the float reference and the bundle's artifact on ``data``; see the module docstring.
 
     ``runner``/``reference``: already loaded ones to reuse (the drift budget's rebuild loop).
+    ``ray``: run the comparison on a Ray cluster (``auto``/``local``/an address, or a
+    ``distributed.cluster.RayOptions``); the result is the local one.
     """
     reference = reference or FloatReference(bundle.float_model())
     classifier = bundle.output_kind == "logits"
@@ -303,13 +303,18 @@ def validate_bundle(bundle: Bundle, data: Dataset, *, max_drop: float | None = N
     if classes is not None and len(names) != classes:
         names = [f"class_{i}" for i in range(classes)]
     mapping = label_map(names, data.class_names, classes) if classes is not None and data.labels is not None else None
-    own_runner = runner is None
-    runner = runner or bundle.load_runner()
-    try:
-        done = _compare(reference, runner, data, classes, mapping, batch_size, layer_images if per_layer else 0, progress)
-    finally:
-        if own_runner:
-            runner.close()
+    if ray is not None:
+        done = _compare_on_ray(bundle, data, classes, mapping, batch_size, layer_images if per_layer else 0,
+                               progress, ray)
+    else:
+        own_runner = runner is None
+        runner = runner or bundle.load_runner()
+        try:
+            done = _compare(reference, runner, data, classes, mapping, batch_size, layer_images if per_layer else 0,
+                            progress)
+        finally:
+            if own_runner:
+                runner.close()
     stream = done.stream
     art = bundle.artifact
     kept = kept_float_of(bundle.manifest)
