@@ -215,19 +215,6 @@ def test_infer_is_safe_from_several_threads(r18: dict, r18_int8: tuple) -> None:
     assert_thread_safe(r18_int8[2], [r18["x"][i * 8:(i + 1) * 8] for i in range(4)])
 
 
-@needs_openvino
-def test_run_throughput_keeps_the_order_of_the_batches(r18: dict, r18_int8: tuple) -> None:
-    runner = r18_int8[2]
-    batches = [r18["x"][i * 8:(i + 1) * 8] for i in range(6)]
-    result = runner.run_throughput(batches, n_requests=2)
-    assert (result.images, result.n_requests, len(result.outputs)) == (48, 2, 6)
-    assert result.images_per_second > 0
-    for batch, out in zip(batches, result.outputs, strict=True):
-        np.testing.assert_array_equal(out, runner.infer(batch))
-    with pytest.raises(BackendError, match="batch range"):
-        runner.run_throughput([r18["x"][:33]])
-
-
 # ---------------------------------------------------------------------------------------------- errors
 
 

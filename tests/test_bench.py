@@ -131,7 +131,7 @@ class FakeRunner(Runner):
         self.max_batch = max_batch
         self.closed = False
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         assert batch.shape[1:] == (3, 4, 4)
         self.calls.append(self.name)
         self.clock.now += self.dt

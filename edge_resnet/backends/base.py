@@ -81,13 +81,59 @@ class BundleContext:
 
 
 class Runner(ABC):
-    """A loaded artifact. ``infer`` takes a float32 NCHW batch and returns a float32 array."""
+    """A loaded artifact, split as Polygraphy's BaseRunner: ``infer`` checks a float32 NCHW batch against
+    the declared input (``sample_shape``, the batch range) and cuts it to ``max_batch``; the backend's
+    ``infer_impl`` runs one such chunk and returns a float32 array.
+
+    Declared by every backend: ``input_name``, ``sample_shape`` (C, H, W; None for a dynamic dim),
+    ``min_batch``/``max_batch`` (a static-batch artifact pads smaller chunks up to ``min_batch`` in
+    ``infer_impl``; ``max_batch`` None: unbounded), ``thread_safe`` (may ``infer`` be called from
+    several threads at once), ``describe()`` and ``optimal_requests()`` (parallel requests that keep
+    the device busy, for throughput runs).
+    """
 
     input_name: str = "input"
-    thread_safe: bool = False  # may infer() be called from several threads at once (Polygraphy declares it too)
+    sample_shape: tuple[int | None, ...] = ()
+    min_batch: int = 1
+    max_batch: int | None = None
+    thread_safe: bool = False
+    artifact_noun = "model"  # how the batch error names what was loaded
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = self.check_batch(batch)
+        step = self.max_batch or batch.shape[0]
+        if batch.shape[0] <= step:
+            return self.infer_impl(batch)
+        return np.concatenate([self.infer_impl(batch[i:i + step]) for i in range(0, batch.shape[0], step)], axis=0)
 
     @abstractmethod
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        """One checked chunk: float32, C-contiguous, 1..max_batch images of ``sample_shape``."""
+
+    def check_batch(self, batch: np.ndarray) -> np.ndarray:
+        from edge_resnet.errors import BackendError
+
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        shape = self.sample_shape
+        if shape and (batch.ndim != 1 + len(shape)
+                      or any(d is not None and batch.shape[1 + i] != d for i, d in enumerate(shape))):
+            want = " x ".join(str(d) if d is not None else "?" for d in shape)
+            raise BackendError(f"input batch has shape {batch.shape}; this {self.artifact_noun} takes N x {want}")
+        if batch.ndim == 0 or batch.shape[0] < 1:
+            raise BackendError(f"input batch has shape {batch.shape}: no images", "pass at least one image")
+        return batch
+
+    @property
+    def input_metadata(self) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
+        """Polygraphy's TensorMetadata, as a dict: name -> (dtype, shape with None for a dynamic batch)."""
+        batch = self.min_batch if self.min_batch == self.max_batch else None
+        return {self.input_name: (np.dtype(np.float32), (batch, *self.sample_shape))}
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def optimal_requests(self) -> int:
+        return 1
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -178,6 +178,8 @@ def save_optimized(ort: ModuleType, model_path: Path, dest: Path) -> None:
 class OnnxRuntimeRunner(Runner):
     """One InferenceSession (CPU EP). ``infer`` may be called from several threads at once (see module docs)."""
 
+    thread_safe = True
+
     def __init__(self, ort: ModuleType, session: Any, precision: Precision, threads: int | None) -> None:
         self._ort = ort
         self.session = session
@@ -188,18 +190,9 @@ class OnnxRuntimeRunner(Runner):
         self.output_name = session.get_outputs()[0].name
         self.sample_shape = tuple(d if isinstance(d, int) else None for d in node.shape[1:])
 
-    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        fixed = [(i, d) for i, d in enumerate(self.sample_shape) if d is not None]
-        if batch.ndim != 1 + len(self.sample_shape) or any(batch.shape[1 + i] != d for i, d in fixed):
-            want = " x ".join(str(d) if d is not None else "?" for d in self.sample_shape)
-            raise BackendError(f"input batch has shape {batch.shape}; this model takes N x {want}")
-        return batch
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         if self.session is None:
             raise BackendError("this ONNX Runtime runner is closed", "load the artifact again")
-        batch = self._check_batch(batch)
         try:
             out = self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:

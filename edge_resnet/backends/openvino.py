@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,20 +270,6 @@ def compile_for(core: Any, model: Any, device: str, config: dict[str, Any], what
 # ------------------------------------------------------------------------------------------------ runner
 
 
-@dataclass
-class ThroughputResult:
-    """What ``run_throughput`` measured: outputs in the order of the input batches."""
-
-    outputs: list[np.ndarray]
-    seconds: float
-    images: int
-    n_requests: int
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("inf")
-
-
 class _RequestPool:
     """Idle InferRequests of one CompiledModel; a caller gets one to itself for the duration of a call."""
 
@@ -325,6 +310,8 @@ class OpenVINORunner(Runner):
     InferRequest (taken from a pool, created on demand), all sharing the one CompiledModel.
     """
 
+    thread_safe = True
+
     def __init__(self, ov: ModuleType, compiled: Any, settings: RunnerSettings) -> None:
         self._ov = ov
         self.compiled = compiled
@@ -340,19 +327,7 @@ class OpenVINORunner(Runner):
 
     # ---- synchronous
 
-    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.sample_shape:
-            raise BackendError(f"input batch has shape {batch.shape}; this model takes "
-                               f"N x {' x '.join(map(str, self.sample_shape))}")
-        return batch
-
-    def _chunks(self, batch: np.ndarray) -> Iterator[np.ndarray]:
-        step = self.max_batch or batch.shape[0]
-        for start in range(0, batch.shape[0], step):
-            yield batch[start:start + step]
-
-    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+    def infer_impl(self, chunk: np.ndarray) -> np.ndarray:
         n = chunk.shape[0]
         if n < self.min_batch:  # a static-batch IR (NPU): pad, then drop the padding
             chunk = np.concatenate([chunk, np.zeros((self.min_batch - n, *self.sample_shape), np.float32)])
@@ -363,51 +338,13 @@ class OpenVINORunner(Runner):
                 raise BackendError(f"OpenVINO inference failed: {_ov_message(exc)}") from exc
         return np.asarray(out[:n], dtype=np.float32)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        batch = self._check_batch(batch)
-        return np.concatenate([self._run_chunk(c) for c in self._chunks(batch)], axis=0)
-
     # ---- asynchronous
-
-    def _check_async_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = self._check_batch(batch)
-        if batch.shape[0] < self.min_batch or (self.max_batch and batch.shape[0] > self.max_batch):
-            raise BackendError(f"run_throughput got a batch of {batch.shape[0]}; this IR takes "
-                               f"{self.min_batch}..{self.max_batch or 'any'}",
-                               "split the input into batches within the profile's batch range")
-        return batch
 
     def optimal_requests(self) -> int:
         try:
             return int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except Exception:
             return 1
-
-    def run_throughput(self, batches: list[np.ndarray], n_requests: int | None = None) -> ThroughputResult:
-        """Run all ``batches`` through an AsyncInferQueue of ``n_requests`` requests (default: the device's
-        optimal number). Used by the benchmark's throughput mode; outputs keep the order of ``batches``."""
-        batches = [self._check_async_batch(b) for b in batches]
-        jobs = n_requests or self.optimal_requests()
-        outputs: list[np.ndarray | None] = [None] * len(batches)
-
-        def done(request: Any, index: int) -> None:
-            outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-
-        queue = self._ov.AsyncInferQueue(self.compiled, jobs)
-        queue.set_callback(done)
-        start = time.perf_counter()
-        try:
-            for i, batch in enumerate(batches):
-                queue.start_async({0: batch}, userdata=i)
-            queue.wait_all()
-        except RuntimeError as exc:
-            raise BackendError(f"OpenVINO asynchronous inference failed: {_ov_message(exc)}") from exc
-        seconds = time.perf_counter() - start
-        missing = [i for i, o in enumerate(outputs) if o is None]
-        if missing:
-            raise BackendError(f"OpenVINO returned no output for {len(missing)} of {len(batches)} batches")
-        return ThroughputResult([o for o in outputs if o is not None], seconds,
-                                sum(b.shape[0] for b in batches), jobs)
 
     # ---- introspection
 

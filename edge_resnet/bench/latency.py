@@ -156,7 +156,7 @@ class SyncExecutor:
 class OpenVINOAsyncExecutor:
     """``n`` requests through an AsyncInferQueue of the compiled model's optimal number of requests.
 
-    Written against the openvino API (not ``OpenVINORunner.run_throughput``) because the benchmark needs
+    Written against the openvino API (not through the runner) because the benchmark needs
     the latency of each request, not only the total time. A request's clock starts when a request of the
     queue is idle and it is started, as in benchmark_app.
     """
@@ -177,7 +177,7 @@ class OpenVINOAsyncExecutor:
         self._ends[index] = self.clock()
 
     def run(self, batch: np.ndarray, n: int) -> Block:
-        lo, hi = getattr(self.runner, "min_batch", 1), getattr(self.runner, "max_batch", None)
+        lo, hi = self.runner.min_batch, self.runner.max_batch
         if batch.shape[0] < lo or (hi and batch.shape[0] > hi):
             raise BackendError(f"batch {batch.shape[0]} is outside this IR's batch range {lo}..{hi or 'any'}",
                                "pass --batch sizes within the profile's batch range")
@@ -309,12 +309,11 @@ class _Run:
 
 
 def _describe(runner: Runner) -> dict[str, Any]:
-    describe = getattr(runner, "describe", None)
-    return dict(describe()) if callable(describe) else {}
+    return dict(runner.describe())
 
 
 def _sample_shape(subject: Subject, runner: Runner) -> tuple[int, ...]:
-    shape = subject.input_shape or tuple(getattr(runner, "sample_shape", ()) or ())
+    shape = subject.input_shape or tuple(runner.sample_shape)
     if not shape or any(not isinstance(d, int) or d <= 0 for d in shape):
         raise BackendError(f"the input of {subject.label} has no fixed shape ({shape or 'unknown'})",
                            "benchmark a bundle (its preprocessing fixes the input size) or export with a fixed size")
@@ -322,7 +321,7 @@ def _sample_shape(subject: Subject, runner: Runner) -> tuple[int, ...]:
 
 
 def _check_batch(runner: Runner, batch: int) -> None:
-    hi = getattr(runner, "max_batch", None)
+    hi = runner.max_batch
     if hi and batch > hi:
         raise BackendError(f"batch {batch} is above the artifact's largest batch {hi}",
                            f"pass --batch sizes up to {hi}, or compile for a profile with a larger batch range")

@@ -202,10 +202,3 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
     if removed or dead_inits:
         log.debug("removed %d dead nodes and %d unused initializers", removed, len(dead_inits))
-
-
-def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    raise KeyError(name)

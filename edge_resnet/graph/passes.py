@@ -99,13 +99,11 @@ def format_ops(ops: Counter) -> str:
 
 def run_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """The graph's first output on ``x`` in ONNX Runtime with no graph optimisations (the graph as written)."""
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from edge_resnet.ort_session import cpu_session
+
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = cpu_session(model, optimization="ORT_DISABLE_ALL")
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types; name the problem ourselves
         raise GraphError(f"ONNX Runtime cannot run the graph: {_one_line(e)}",

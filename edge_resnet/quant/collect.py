@@ -58,21 +58,17 @@ class ActivationStats:
 
 
 def _session(model: onnx.ModelProto, tensors: list[str], threads: int | None):
-    import onnxruntime as ort
+
+    from edge_resnet.ort_session import cpu_session
 
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
     del aug.graph.output[:]
     for t in tensors:
         aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    # ENABLE_ALL (NCHWc layouts, fused AVX-512 kernels) runs calibration 2-3x faster than EXTENDED
-    # here; exposed tensors are graph outputs, which ORT never fuses away, so the values are exact
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # ENABLE_ALL (NCHWc layouts, fused kernels) runs calibration faster than EXTENDED; exposed tensors
+    # are graph outputs, which ORT never fuses away, so the values are exact
+    return cpu_session(aug, optimization="ORT_ENABLE_ALL", threads=threads)
 
 
 def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[np.ndarray], *,

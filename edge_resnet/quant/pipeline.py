@@ -17,9 +17,9 @@ from edge_resnet.quant.calibrators import CalibrationMethod, compute_amax
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.qdq import (
     FORMAT_RULES,
+    GraphIndex,
     QDQReport,
     QuantConfig,
-    _Graph,
     insert_qdq,
     is_nonnegative,
     required_tensors,
@@ -115,7 +115,7 @@ def tensor_params(model: onnx.ModelProto, stats: ActivationStats, config: QuantC
     base = options.params()
     if options.method is not CalibrationMethod.MSE or not FORMAT_RULES[config.activation_format].unsigned_nonnegative:
         return {t: dict(base) for t in stats.hists}
-    g = _Graph(model)
+    g = GraphIndex(model)
     return {t: {**base, "num_bits": 9} if is_nonnegative(g, t) else dict(base) for t in stats.hists}
 
 
@@ -134,12 +134,8 @@ def options_dict(options: CalibrationOptions) -> dict:
 
 def run_onnx(model: onnx.ModelProto | str | Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Run a (float or Q/DQ) ONNX model in ONNX Runtime on one batch: the reference executor."""
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    from edge_resnet.ort_session import cpu_session
+
+    sess = cpu_session(model, threads=threads)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]

@@ -108,7 +108,7 @@ class QDQReport:
         return f"quantized {ops} ({self.activation_tensors} activation tensors){kept}"
 
 
-class _Graph:
+class GraphIndex:
     """Index of a graph: producers, consumers, initializers."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -146,7 +146,7 @@ class _Graph:
 
 
 def quantized_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[onnx.NodeProto]:
-    g = _Graph(model)
+    g = GraphIndex(model)
     out = []
     for node in model.graph.node:
         if node.op_type not in INT8_OPS or config.excludes(node):
@@ -168,7 +168,7 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     """
     config = config or QuantConfig()
     fmts = formats or (config.activation_format,)
-    g = _Graph(model)
+    g = GraphIndex(model)
     wanted: dict[str, None] = {}
     nodes = quantized_nodes(model, config)
     names = {n.name for n in nodes}
@@ -184,7 +184,7 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     return list(wanted)
 
 
-def _scale_source(g: _Graph, tensor: str) -> str:
+def _scale_source(g: GraphIndex, tensor: str) -> str:
     """The tensor whose statistics give this tensor's scale.
 
     Scale-preserving ops (MaxPool, Flatten) are followed back to their input. A tensor whose only
@@ -204,7 +204,7 @@ def _scale_source(g: _Graph, tensor: str) -> str:
 _NONNEG_PASS = frozenset({"MaxPool", "GlobalMaxPool", "GlobalAveragePool", "AveragePool", "Flatten", "Reshape"})
 
 
-def is_nonnegative(g: _Graph, tensor: str) -> bool:
+def is_nonnegative(g: GraphIndex, tensor: str) -> bool:
     """True when ``tensor`` cannot be negative: a ReLU output, or pooled/flattened from one."""
     for _ in range(100):
         node = g.producer.get(tensor)
@@ -238,7 +238,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     rule = FORMAT_RULES[config.activation_format]
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = _Graph(out)
+    g = GraphIndex(out)
     nodes = quantized_nodes(out, config)
     report = QDQReport()
     report.kept_float = [n.name for n in out.graph.node if n.op_type in INT8_OPS and n not in nodes and config.excludes(n)]
@@ -275,7 +275,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     return out, report
 
 
-def _share_dequantized(g: _Graph, done: dict[str, str], config: QuantConfig) -> None:
+def _share_dequantized(g: GraphIndex, done: dict[str, str], config: QuantConfig) -> None:
     """Every other reader of a quantized tensor reads it through the same DequantizeLinear, as ModelOpt's ONNX
     quantizer does (one Q/DQ pair per tensor, all consumers rewired to the DQ; ONNX Runtime's QDQ quantizer
     likewise, ``replace_input_of_all_nodes``). A reader left on the float tensor (in v2 graphs the pre-activation
@@ -291,7 +291,7 @@ def _share_dequantized(g: _Graph, done: dict[str, str], config: QuantConfig) -> 
 
 
 class _Writer:
-    def __init__(self, model: onnx.ModelProto, g: _Graph, rule: FormatRule, amax: dict[str, float],
+    def __init__(self, model: onnx.ModelProto, g: GraphIndex, rule: FormatRule, amax: dict[str, float],
                  quantized: set[str], weight_qmax: int = WEIGHT_QMAX) -> None:
         self.model, self.g, self.rule, self.amax, self.quantized = model, g, rule, amax, quantized
         self.weight_qmax = weight_qmax

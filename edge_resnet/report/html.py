@@ -119,11 +119,6 @@ def _plot(fn: Callable[..., str | None], *args: Any) -> str | None:
     return fn(*args) if plots.available() else None
 
 
-def bench_result(bench: dict[str, Any] | None, batch: int, compare: bool = False) -> dict[str, Any] | None:
-    results = get(bench, "compare", "results") if compare else get(bench, "results")
-    return next((r for r in results or [] if r.get("batch") == batch), None)
-
-
 def baseline_precision_note(bench: dict[str, Any] | None) -> str | None:
     """Where the fp32 baseline ran, and with which OpenVINO INFERENCE_PRECISION_HINT when on OpenVINO."""
     compare = get(bench, "compare")

@@ -52,8 +52,6 @@ __all__ = ["Classification", "Frames", "Model", "ModelKind", "load"]
 # a frame, a PIL image, a list of them, an (N, H, W, C) uint8 array, or an NCHW float32 batch
 Frames = Any
 
-# backends whose Runner.infer may be called from several threads at once
-THREAD_SAFE_BACKENDS = frozenset({BackendName.OPENVINO, BackendName.ONNXRUNTIME})
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -115,7 +113,7 @@ class Model:
         self.labels: list[str] | None = bundle.labels
         self.input_shape = (3, self.spec.input_size, self.spec.input_size)
         self._lock: AbstractContextManager[Any] = (
-            nullcontext() if self.backend in THREAD_SAFE_BACKENDS else threading.Lock())
+            nullcontext() if runner.thread_safe else threading.Lock())  # declared by the backend's Runner
         self._names: list[str] = list(self.labels or [])
         self._names_lock = threading.Lock()
         classes = bundle.manifest["model"].get("num_classes")

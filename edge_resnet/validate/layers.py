@@ -49,7 +49,8 @@ class LayerError:
 def _session(model: onnx.ModelProto | Path, outputs: Sequence[str] | None = None):
     """A CPU session, optionally with ``outputs`` as the graph outputs (BASIC optimizations only, so the
     Q/DQ graph keeps its Q/DQ semantics and no exposed tensor is fused away)."""
-    import onnxruntime as ort
+
+    from edge_resnet.ort_session import cpu_session
 
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
@@ -60,10 +61,7 @@ def _session(model: onnx.ModelProto | Path, outputs: Sequence[str] | None = None
         for t in outputs:
             exposed.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
         model = exposed
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return cpu_session(model, optimization="ORT_ENABLE_BASIC")
 
 
 def quantized_layers(qdq: onnx.ModelProto, kept_float: Iterable[str] = ()) -> list[onnx.NodeProto]:

@@ -120,9 +120,13 @@ class TensorRTBackend(Backend):
     def load(self, bundle_dir: Path, artifact: Artifact, **options: Any) -> Runner:
         """Options: trt, cuda (injectable), bundle (the Bundle, for its path resolver), device_index (default: the
         profile's), allow_device_mismatch (same compute capability, another GPU model; default False)."""
-        from edge_resnet.bundle import Bundle
+        from edge_resnet.bundle import confined, load_bundle
 
-        bundle = options.get("bundle") or Bundle(Path(bundle_dir), {"artifact": artifact.to_dict()})
+        bundle = options.get("bundle")
+
+        def path(name: str, what: str) -> Path:  # every path stays inside the bundle; listed when we have its manifest
+            return bundle.file(name, what) if bundle is not None else confined(Path(bundle_dir), name, what)
+
         trt = options.get("trt") or import_tensorrt()
         cuda = options.get("cuda") or load_cuda()
         index = int(options.get("device_index", artifact.info.get("device_index", 0)))
@@ -130,13 +134,16 @@ class TensorRTBackend(Backend):
         here = cuda.device_info(index)
         if "engine" in artifact.files:  # built at compile time, covered by the manifest's hashes
             check_engine_portability(artifact.info, trt.__version__, here, allow)
-            engine_path = bundle.file(artifact.files["engine"])
+            engine_path = path(artifact.files["engine"], "TensorRT engine")
             dla_core = artifact.info.get("dla_core")
             if not engine_path.is_file():
                 raise BundleError(f"the bundle has no engine file {engine_path}", "re-run compile for this target")
         elif artifact.device_build.get("engine") and artifact.device_build.get("record"):
-            engine_path = bundle.file(artifact.device_build["engine"])
-            record = read_record(bundle.file(artifact.device_build["record"]))
+            # written on the device after the manifest: declared in it (device_build), not hashed by it, so
+            # confined here and checked through the record (engine sha256, manifest sha256, device)
+            bundle = bundle or load_bundle(bundle_dir)
+            engine_path = confined(bundle.path, artifact.device_build["engine"], "device-built engine")
+            record = read_record(confined(bundle.path, artifact.device_build["record"], "engine record"))
             if record.engine != artifact.device_build["engine"]:
                 raise BundleError(f"the engine record describes {record.engine!r}, not this bundle's "
                                   f"{artifact.device_build['engine']!r}", "build the engine again with ./build_engine.sh")
@@ -144,7 +151,7 @@ class TensorRTBackend(Backend):
                           onnx_sha256=_listed_sha(bundle, record.onnx), allow_device_mismatch=allow)
             dla_core = record.dla_core
         else:
-            raise BundleError(f"the TensorRT artifact in {bundle.path} names no engine",
+            raise BundleError(f"the TensorRT artifact in {bundle_dir} names no engine",
                               "compile the bundle again for a TensorRT target")
         cuda.set_device(index)
         with cuda.activate():
@@ -163,7 +170,9 @@ class TensorRTBackend(Backend):
 
 
 def _manifest_sha(bundle: Any) -> str | None:
-    path = bundle.file("manifest.json")
+    from edge_resnet.bundle import MANIFEST, confined
+
+    path = confined(bundle.path, MANIFEST, "manifest")  # not in its own file list
     return sha256_path(path) if path.is_file() else None
 
 

@@ -12,7 +12,7 @@ serialises calls; but the calls may come from any thread, so each makes the CUDA
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -104,6 +104,7 @@ class TensorRTRunner(Runner):
     """A deserialized engine. Device buffers are allocated once, for the profile's max batch."""
 
     thread_safe = False
+    artifact_noun = "engine"
 
     def __init__(self, trt: ModuleType, engine: Any, cuda: Any, io_api: str, output_name: str | None = None) -> None:
         self.trt, self.engine, self.cuda = trt, engine, cuda
@@ -125,29 +126,13 @@ class TensorRTRunner(Runner):
                 shape = self.io.max_shape(t)
                 t.ptr = cuda.malloc(int(np.prod((self.max_batch, *shape[1:]))) * t.dtype.itemsize)
 
-    @property
-    def input_metadata(self) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
-        """Polygraphy's TensorMetadata, as a dict: name -> (dtype, shape with None for the dynamic batch)."""
-        batch = self.min_batch if self.min_batch == self.max_batch else None
-        return {self.input.name: (np.dtype(np.float32), (batch, *self.sample_shape))}
-
-    # ---- checking entry point
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(self.sample_shape) or batch.shape[0] < 1:
-            raise BackendError(
-                f"input batch has shape {batch.shape}; this engine takes N x {' x '.join(map(str, self.sample_shape))}"
-            )
-        if self.stream is None:
-            raise BackendError("this TensorRT runner is closed", "load the bundle again")
-        return self.infer_impl(batch)
-
-    # ---- working part
+    # ---- working part (Runner.infer checks the batch and cuts it to max_batch)
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        if self.stream is None:
+            raise BackendError("this TensorRT runner is closed", "load the bundle again")
         with self.cuda.activate():
-            return np.concatenate([self._run_chunk(c) for c in self._chunks(batch)], axis=0)
+            return self._run_chunk(batch)
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
         n = chunk.shape[0]
@@ -163,10 +148,6 @@ class TensorRTRunner(Runner):
         self.cuda.dtoh(host_out, out.ptr, self.stream)
         self.cuda.synchronize(self.stream)
         return host_out[:n].astype(np.float32, copy=False)
-
-    def _chunks(self, batch: np.ndarray) -> Iterator[np.ndarray]:
-        for start in range(0, batch.shape[0], self.max_batch):
-            yield batch[start : start + self.max_batch]
 
     def close(self) -> None:
         if self.stream is None:
