@@ -230,14 +230,14 @@ def test_spec_for_a_checkpoint(case, tmp_path):
                                [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 64, 64])],
                                [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3, 64, 64])])
     fg = FloatGraph(onnx.helper.make_model(g), None, "logits")
-    spec = _spec_for(fg, CompileOptions(), ModelSource(case.ours, weights=str(case.files["h5"]), num_classes=CLASSES))
+    spec = _spec_for(fg, CompileOptions(), source=ModelSource(case.ours, weights=str(case.files["h5"]), num_classes=CLASSES))
     v2 = case.name.endswith("V2")
     assert (spec.input_size, spec.channel_order.value) == (64, "rgb" if v2 else "bgr")
     assert spec.mean == pytest.approx((0.5,) * 3 if v2 else (103.939 / 255, 116.779 / 255, 123.68 / 255))
     assert spec.std == pytest.approx((0.5,) * 3 if v2 else (1 / 255,) * 3)
     pth = tmp_path / "t.pth"
     torch.save(build_model("resnet18").state_dict(), pth)
-    imagenet = _spec_for(fg, CompileOptions(), ModelSource("resnet18", weights=str(pth)))
+    imagenet = _spec_for(fg, CompileOptions(), source=ModelSource("resnet18", weights=str(pth)))
     assert imagenet.mean == (0.485, 0.456, 0.406) and imagenet.channel_order.value == "rgb"
 
 
