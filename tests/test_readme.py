@@ -61,7 +61,7 @@ RUNS: dict[str, Run] = {
         Run("validate edge-resnet-demo/cpu --data val/ --json v.json --report r.html --max-drop 5",
             needs=("edge-resnet demo -o edge-resnet-demo",)),
     "edge-resnet bench BUNDLE [--batch 1,8] [--compare fp32] [--pipeline] [--json b.json]":
-        Run("bench edge-resnet-demo/onnxruntime --batch 1,8 --compare fp32 --pipeline --frames images/ --json b.json "
+        Run("bench edge-resnet-demo/cpu --batch 1,8 --compare fp32 --pipeline --frames images/ --json b.json "
             "--time 0.2 --warmup 2 --frame-count 8", needs=("edge-resnet demo -o edge-resnet-demo",)),
     "edge-resnet report BUNDLE --validation v.json --bench b.json -o report.html":
         Run("report edge-resnet-demo/cpu --validation v.json --bench b.json -o report.html",
