@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -149,7 +150,9 @@ def bundles(keras_export, canonical, tmp_path_factory) -> dict:
 
 def test_the_compile_command_reports_the_canonicalisation(bundles) -> None:
     _, output = bundles["cpu-random"]
-    assert "canonical form: " in output and "layout: input 'keras_tensor' [N, 32, 32, 3] (NHWC) -> [N, 3, 32, 32] (NCHW)" in output
+    # Keras numbers its input names once a process has built other models (keras_tensor_123)
+    assert "canonical form: " in output
+    assert re.search(r"layout: input 'keras_tensor\w*' \[N, 32, 32, 3\] \(NHWC\) -> \[N, 3, 32, 32\] \(NCHW\)", output)
     assert "head: classifier (output 'logits')" in output
 
 

@@ -75,7 +75,7 @@ def run_batch(bundle_dir: str | Path, source: str, out: str | Path, ray: RayOpti
     with connect(options.cluster) as cluster:
         counter = cluster.ray.remote(num_cpus=1)(count_frames)
         with worker_errors():
-            counts = dict(zip(videos, cluster.ray.get([counter.remote(str(files[i])) for i in videos]), strict=True))
+            counts = dict(zip(videos, cluster.ray.get([counter.remote(str(files[i].resolve())) for i in videos]), strict=True))
         table = frame_table(files, counts)
         if len(table) == 0:
             raise DataError(f"{source} has no frames to run on (its videos are empty)", "check that the videos play")

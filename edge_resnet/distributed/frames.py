@@ -94,5 +94,5 @@ def read_span(table: FrameTable, start: int, stop: int) -> tuple[list[np.ndarray
     """The frames of items ``start..stop-1`` and their channel order (one video, or images only)."""
     video = table.is_video[int(table.file_index[start])]
     if video:
-        return _video_frames(table.source_of(start), int(table.frame[start]), stop - start), "bgr"
-    return [load_image(table.source_of(i)) for i in range(start, stop)], "rgb"
+        return _video_frames(table.path_of(start), int(table.frame[start]), stop - start), "bgr"
+    return [load_image(table.path_of(i)) for i in range(start, stop)], "rgb"

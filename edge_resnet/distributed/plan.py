@@ -9,7 +9,8 @@ index) pairs, a batch never spanning two videos. One row per block: Ray spreads 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ class FrameTable:
     is_video: list[bool]
     file_index: np.ndarray  # int32 per item
     frame: np.ndarray  # int64 per item
+    # the driver's working directory: workers run elsewhere, so relative sources are read against it
+    root: str = field(default_factory=os.getcwd)
 
     def __len__(self) -> int:
         return int(self.frame.size)
@@ -120,7 +123,12 @@ class FrameTable:
         return change[keep]
 
     def source_of(self, i: int) -> str:
+        """The source as the user named it (what the results report)."""
         return self.files[int(self.file_index[i])]
+
+    def path_of(self, i: int) -> str:
+        """Where a worker reads it."""
+        return os.path.join(self.root, self.source_of(i))
 
 
 def frame_table(files: list[Path], frame_counts: dict[int, int]) -> FrameTable:
