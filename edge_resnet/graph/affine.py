@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_resnet.graph.names import FreshNames
 from edge_resnet.graph.passes import PassOutput, copy_model
 
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -31,7 +32,7 @@ class _Index:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.outputs = {o.name for o in graph.output}
-        self.used = {t for n in graph.node for t in (*n.input, *n.output, n.name)} | set(self.consts) | self.outputs
+        self.names = FreshNames(graph)
 
     def affine(self, n: onnx.NodeProto) -> tuple[str, float | np.ndarray, float | np.ndarray] | None:
         """(data input, scale, shift) when ``n`` is x*s+t for one non-constant x and a float constant."""
@@ -59,11 +60,7 @@ class _Index:
         return users[0] if self.affine(users[0])[0] == out else None
 
     def new(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
+        return self.names.new(base)
 
 
 def collapse_affine(model: onnx.ModelProto) -> PassOutput:

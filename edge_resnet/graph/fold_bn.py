@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from edge_resnet.errors import GraphError
+from edge_resnet.graph.names import FreshNames
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def _apply(
     types: dict[str, tuple[int, int | None]],
     convert_kept_to_affine: bool,
 ) -> None:
-    names = _Names(graph)
+    names = FreshNames(graph)
     by_bn = {p.bn: p for p in plans}
     replaced: dict[int, list[onnx.NodeProto]] = {}  # node index -> replacement nodes ([] = removed)
     new_inits: list[onnx.TensorProto] = []
@@ -383,7 +384,7 @@ def _to_inference_mode(bn: onnx.NodeProto) -> None:
 
 def _put(
     g: _GraphIndex,
-    names: _Names,
+    names: FreshNames,
     new_inits: list[onnx.TensorProto],
     name: str,
     value: np.ndarray,
@@ -456,25 +457,6 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
 
 
 # --- small helpers ----------------------------------------------------------------------------------
-
-
-class _Names:
-    """Fresh tensor/node names that collide with nothing in the graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used: set[str] = {t.name for t in graph.initializer}
-        self.used |= {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
-        for node in graph.node:
-            self.used.add(node.name)
-            self.used.update(node.input)
-            self.used.update(node.output)
-
-    def new(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:

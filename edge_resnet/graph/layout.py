@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_resnet.errors import GraphError
+from edge_resnet.graph.names import FreshNames
 from edge_resnet.graph.passes import PassOutput, copy_model
 
 log = logging.getLogger(__name__)
@@ -96,22 +97,6 @@ def _permute_shape(vi: onnx.ValueInfoProto, perm: tuple[int, ...]) -> None:
     vi.type.tensor_type.shape.dim.extend(copies)
 
 
-class _Names:
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used = {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
-        for n in graph.node:
-            self.used.update(n.input)
-            self.used.update(n.output)
-            self.used.add(n.name)
-
-    def new(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
-
-
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -142,7 +127,7 @@ def to_nchw(model: onnx.ModelProto) -> PassOutput:
         return PassOutput(model)
     out = copy_model(model)
     g = out.graph
-    names = _Names(g)
+    names = FreshNames(g)
     ranks = _ranks(model)
     changes: list[str] = []
     new_nodes: list[onnx.NodeProto] = []
@@ -205,7 +190,7 @@ def _to_nhwc(y: np.ndarray) -> np.ndarray:
     return y.transpose(NCHW_TO_NHWC)
 
 
-def _set_axes(g: onnx.GraphProto, node: onnx.NodeProto, axes: list[int], names: _Names) -> None:
+def _set_axes(g: onnx.GraphProto, node: onnx.NodeProto, axes: list[int], names: FreshNames) -> None:
     for a in node.attribute:
         if a.name == "axes":
             del a.ints[:]
