@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -232,3 +233,29 @@ def test_apply_writes_into_a_given_row():
         spec.apply(image, out=np.empty((3, 16, 17), np.float32))
     with pytest.raises(DataError, match="C-contiguous"):
         spec.apply(image, out=np.empty((3, 16, 16, 2), np.float32)[..., 0])
+
+
+# ------------------------------------------------------------------------------ the opencv resampler
+
+
+def test_opencv_resampler_resizes_the_centre_region_resize_and_crop_keep() -> None:
+    cv2 = pytest.importorskip("cv2")
+    spec = PreprocessSpec(input_size=224, resize=256, resampler="opencv")
+    frame = np.random.default_rng(0).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    assert spec.crop_box(480, 640) == (30, 110, 420, 420)  # 480 * 224 / 256 = 420, centred
+    expected = cv2.resize(frame[30:450, 110:530], (224, 224), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(spec.resize_and_crop(frame, "rgb"), expected)
+    np.testing.assert_array_equal(spec.crop(frame, "bgr", ChannelOrder.BGR), expected)
+    np.testing.assert_array_equal(spec.apply(frame, "rgb"), PreprocessSpec(input_size=224, resize=224).apply(expected))
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["resampler"] == "opencv"
+    old = {k: v for k, v in PreprocessSpec().to_dict().items() if k != "resampler"}  # a bundle from before
+    assert PreprocessSpec.from_dict(old).resampler.value == "pil"
+
+
+def test_opencv_resampler_without_opencv_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    spec = PreprocessSpec(input_size=32, resize=36, resampler="opencv")
+    with pytest.raises(DataError, match=r"edge-resnet\[video\]"):
+        spec.apply(np.zeros((40, 50, 3), np.uint8))
+    with pytest.raises(DataError, match="unknown resampler"):
+        PreprocessSpec(resampler="skimage")

@@ -51,7 +51,7 @@ from edge_resnet.cli.options import WEIGHTS_HELP, finite_points, ray_options
 @ray_options
 def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top, pooling, target, precision, calib,
              calib_count, seed, method, percentile, bias_correction, exclude, labels_file, input_size, resize, mean, std,
-             channel_order, max_drop, val_source, val_count, max_rebuilds, force, output, ray_cluster=None,
+             channel_order, resampler, max_drop, val_source, val_count, max_rebuilds, force, output, ray_cluster=None,
              ray_actors=None) -> None:
     """Compile a ResNet into a deployment bundle for a target (INT8 by default)."""
     from edge_resnet.budget import DriftBudget, compile_with_budget
@@ -80,9 +80,9 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
     # without --input-size the size is the model's (an --onnx graph's own) and its preprocessing a Keras
     # checkpoint's own, else ImageNet's: the other options apply over it
     base = checkpoint_preprocessing(weights, input_size) if weights and input_size is not None and onnx_path is None else None
-    spec = make_spec(input_size, resize, mean, std, channel_order, base=base) if input_size is not None else None
+    spec = make_spec(input_size, resize, mean, std, channel_order, base=base, resampler=resampler) if input_size is not None else None
     overrides = {k: v for k, v in (("resize", resize), ("mean", mean), ("std", std),
-                                   ("channel_order", channel_order)) if v is not None}
+                                   ("channel_order", channel_order), ("resampler", resampler)) if v is not None}
     labels = read_labels(labels_file) if labels_file else None
     options = CompileOptions(
         target=target, precision=Precision(precision), calib=calib, calib_count=calib_count, seed=seed,

@@ -36,7 +36,7 @@ from edge_resnet.cli.options import ray_options
 def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: str | None, percentile: float | None,
              bias_correction: bool | None, fmt: str, weight_range: str | None, exclude: tuple[str, ...], batch_size: int,
              scales_path: str | None, head: str | None, input_size: int | None, resize: int | None,
-             mean: tuple | None, std: tuple | None, channel_order: str | None, output: str,
+             mean: tuple | None, std: tuple | None, channel_order: str | None, resampler: str | None, output: str,
              ray_cluster: str | None = None, ray_actors: int | None = None) -> None:
     """Calibrate a float ONNX ResNet and write its INT8 Q/DQ graph."""
     from edge_resnet.data import open_dataset
@@ -62,7 +62,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     fg = prepare_float_graph(load_onnx(model_path), head=head)
     info = require_image_input(fg.model, model_path)
     check_exclude(fg.model, exclude)
-    spec = make_spec(input_size or info.height, resize, mean, std, channel_order)
+    spec = make_spec(input_size or info.height, resize, mean, std, channel_order, resampler=resampler)
     sample = calibration_sample(calib, calib_count, seed)
     data = open_dataset(sample.source, spec, count=sample.count, seed=sample.seed, stride=sample.stride)
     options = CalibrationOptions(CalibrationMethod(method) if method else DEFAULT_METHOD, percentile, batch_size,

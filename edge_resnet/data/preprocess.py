@@ -5,6 +5,11 @@ scales are calibrated on exactly the tensors the engine later sees. The recipe i
 ImageNet evaluation transform (``Resize(resize)`` + ``CenterCrop(input_size)`` + ``ToTensor`` +
 ``Normalize(mean, std)``) done with PIL and numpy only: this module must not import torch, the
 camera runtime ships with numpy + pillow.
+
+The resize is part of the contract (``resampler``): ``pil`` is torchvision's antialiased resize,
+``opencv`` crops the same centre region and resizes only that with ``cv2.resize`` (no antialiasing,
+several times cheaper per camera frame). Calibration, validation and the runtime all resize through
+the spec, so a bundle is calibrated on the resampler it runs with.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "DeepStreamNormalization",
     "NormalizationAffine",
     "PreprocessSpec",
+    "Resampler",
     "three_channels",
     "to_rgb",
 ]
@@ -41,11 +47,20 @@ class ChannelOrder(str, Enum):
     BGR = "bgr"
 
 
+class Resampler(str, Enum):
+    """The library that resizes: part of the preprocessing contract (the pixels differ slightly)."""
+
+    PIL = "pil"  # torchvision's Resize: PIL, antialiased; resize the frame, then centre-crop
+    OPENCV = "opencv"  # cv2.resize of the centre region Resize + CenterCrop keeps, straight to the input size
+
+
 _RESAMPLING: dict[str, Image.Resampling] = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
+# interpolation -> cv2 flag (cv2 is imported only when a spec uses it)
+_CV2_INTERPOLATION: dict[str, str] = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nearest": "INTER_NEAREST"}
 _LAYOUTS = ("NCHW",)
 # bounds on the sizes a spec may ask for (a 100000 px input is a 240 GB batch, not a typo to compute)
 MAX_INPUT_SIZE = 4096
@@ -130,6 +145,7 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
     layout: str = "NCHW"
     dtype: str = "float32"
+    resampler: Resampler = Resampler.PIL
 
     def __post_init__(self) -> None:
         # Coerce JSON-ish values (lists, strings) so from_dict and keyword construction agree.
@@ -163,6 +179,11 @@ class PreprocessSpec:
             raise DataError(
                 f"unknown interpolation {self.interpolation!r}", f"use one of {sorted(_RESAMPLING)}"
             )
+        try:
+            resampler = Resampler(str(getattr(self.resampler, "value", self.resampler)).lower())
+        except ValueError:
+            raise DataError(f"unknown resampler {self.resampler!r}",
+                            f"use one of {[r.value for r in Resampler]}") from None
         if self.layout not in _LAYOUTS:
             raise DataError(f"unsupported layout {self.layout!r}", f"use one of {list(_LAYOUTS)}")
         if self.dtype not in _DTYPES:
@@ -173,6 +194,7 @@ class PreprocessSpec:
             ("mean", mean),
             ("std", std),
             ("channel_order", order),
+            ("resampler", resampler),
         ):
             object.__setattr__(self, name, value)
 
@@ -189,6 +211,7 @@ class PreprocessSpec:
             "interpolation": self.interpolation,
             "layout": self.layout,
             "dtype": self.dtype,
+            "resampler": self.resampler.value,
         }
 
     @classmethod
@@ -225,9 +248,11 @@ class PreprocessSpec:
     def _crop(self, image: np.ndarray) -> np.ndarray:
         """Resize (shorter side to ``resize``) and centre-crop an HxWx3 uint8 image, channels untouched.
 
-        PIL resamples each channel on its own, so resizing a BGR frame and reordering the crop gives
-        the same bytes as reordering first (tested), without copying the full frame.
+        Both resamplers treat each channel on its own, so resizing a BGR frame and reordering the crop
+        gives the same bytes as reordering first (tested), without copying the full frame.
         """
+        if self.resampler is Resampler.OPENCV:
+            return self._crop_opencv(image)
         h, w = image.shape[:2]
         new_h, new_w = self.resized_size(h, w)
         if (new_h, new_w) != (h, w):
@@ -239,11 +264,31 @@ class PreprocessSpec:
         left = int(round((new_w - s) / 2.0))
         return image[top : top + s, left : left + s]
 
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the source region the ``opencv`` resampler resizes: the centre
+        square that ``Resize(resize)`` + ``CenterCrop(input_size)`` keeps, side ``min(h, w) * input_size /
+        resize`` rounded to whole pixels."""
+        side = max(1, int(round(min(height, width) * self.input_size / self.resize)))
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    def _crop_opencv(self, image: np.ndarray) -> np.ndarray:
+        cv2 = import_cv2()
+        top, left, h, w = self.crop_box(*image.shape[:2])
+        s = self.input_size
+        region = image[top : top + h, left : left + w]
+        if (h, w) == (s, s):
+            return region
+        return cv2.resize(region, (s, s), interpolation=getattr(cv2, _CV2_INTERPOLATION[self.interpolation]))
+
     def resize_and_crop(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> np.ndarray:
         """The geometric part only: uint8 image in -> ``input_size`` square uint8 HxWx3 RGB out."""
+        return self.crop(image, order, ChannelOrder.RGB)
+
+    def crop(self, image: np.ndarray, order: ChannelOrder | str, out_order: ChannelOrder) -> np.ndarray:
+        """The geometric part only, channels in ``out_order``: what an engine that normalises itself takes."""
         image, order = three_channels(image, order)
         crop = self._crop(image)
-        return crop[..., ::-1] if order is ChannelOrder.BGR else crop
+        return crop[..., ::-1] if order is not out_order else crop
 
     def apply(self, image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB,
               out: np.ndarray | None = None) -> np.ndarray:
@@ -318,6 +363,16 @@ class PreprocessSpec:
             max_relative_error=0.0 if exact else rel,
             max_abs_error=0.0 if exact else float(worst),
         )
+
+
+def import_cv2():  # -> the cv2 module
+    """OpenCV, for specs whose resampler is ``opencv``; a DataError naming the extra when it is missing."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise DataError("this preprocessing spec resizes with OpenCV (resampler 'opencv'), which is not installed",
+                        "pip install 'edge-resnet[video]' (opencv-python-headless)") from exc
+    return cv2
 
 
 def three_channels(image: np.ndarray, order: ChannelOrder | str = ChannelOrder.RGB) -> tuple[np.ndarray, ChannelOrder]:
