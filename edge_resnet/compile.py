@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_resnet.backends.base import BundleContext, get_backend
+from edge_resnet.backends.base import BundleContext, declared_inputs, get_backend
 from edge_resnet.bundle import Bundle, BundleWriter, load_bundle, sha256_file
 from edge_resnet.data import PreprocessSpec, open_dataset
 from edge_resnet.data.recipes import calibration_sample
@@ -296,6 +296,7 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
                       "bn_fold": {"folded": len(fg.fold.folded), "kept": [b for b, _ in fg.fold.kept]}},
             "precision": precision.value,
             "preprocess": spec.to_dict(),
+            "inputs": declared_inputs(get_backend(profile.backend), spec, describe_input(fg.model).name),
             "labels": LABELS,
             "graphs": graphs,
             "calibration": ({**calib_record, **options_dict(options.calibration), "scales": SCALES}

@@ -174,6 +174,30 @@ def test_classify_equals_direct_artifact_inference(model: Any) -> None:
 
 
 @pytest.mark.slow
+def test_frames_are_normalised_inside_the_engine_with_the_host_paths_numbers(model: Any) -> None:
+    """The engine takes the resized, cropped uint8 frames and does the float conversion, channel swap, mean/std and
+    layout itself (OpenVINO PrePostProcessor / ONNX ops); its INT8 outputs equal the host-normalised path's bit for
+    bit, on real digits frames in both channel orders."""
+    size = model.spec.input_size
+    assert model.frame_runner is not None and "normalised in the engine" in repr(model)
+    assert list(model.frame_runner.input_metadata.values()) == [(np.dtype(np.uint8), (None, size, size, 3))]
+    inputs = model.bundle.manifest["inputs"]
+    assert inputs["frames"]["dtype"] == "uint8" and inputs["frames"]["shape"] == [None, size, size, 3]
+    assert inputs["tensor"]["shape"] == [None, 3, size, size]
+    frames, _ = digit_frames(64, start=100)
+    batch = model.engine_batch(frames)
+    assert batch.dtype == np.uint8 and batch.shape == (64, size, size, 3)
+    np.testing.assert_array_equal(model.infer(frames), raw_logits(model, frames))
+    rgb = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+    np.testing.assert_array_equal(model.infer(rgb, order="rgb"), raw_logits(model, frames))
+    with rt.load(model.bundle.path, normalize_in_engine=False) as host:
+        assert host.frame_runner is None
+        np.testing.assert_array_equal(host.infer(frames), raw_logits(model, frames))
+    with pytest.raises(BackendError, match="takes uint8 frames"):
+        model.frame_runner.infer(model.preprocess(frames[:2]))
+
+
+@pytest.mark.slow
 def test_every_input_form_gives_the_same_result(model: Any) -> None:
     from PIL import Image
 
@@ -320,7 +344,7 @@ def test_throughput_streams_run_the_backends_throughput_configuration(request: p
     # a model loaded in the throughput configuration already streams on its own runner
     options = {"hint": "throughput"} if model.backend.value == "openvino" else {"threads": 1}
     with rt.load(model.bundle.path, **options) as loaded:
-        assert loaded.throughput_runner()[0] is loaded.runner
+        assert loaded.throughput_runner()[0] is loaded.frame_runner  # the runner frames go to (normalising)
     other = rt.load(model.bundle.path)
     second, _ = other.throughput_runner()
     other.close()  # closes both runners
@@ -394,7 +418,7 @@ def test_an_inference_failure_arrives_in_frame_order(model: Any, monkeypatch: py
                                                      options: str) -> None:
     frames, _ = digit_frames(6)
     real = model.run_batch
-    bad = model.preprocess(frames[4])
+    bad = model.engine_batch(frames[4])  # what the stream hands run_batch for that frame
 
     def failing(batch: np.ndarray) -> np.ndarray:
         if np.array_equal(batch, bad):

@@ -32,6 +32,7 @@ from edge_resnet.types import ActivationFormat, BackendName, Precision
 if TYPE_CHECKING:
     import onnx
 
+    from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
     from edge_resnet.quant.qdq import QuantConfig
 
 
@@ -80,12 +81,44 @@ class BundleContext:
         return self.graphs.get("int8", self.graphs["float"])
 
 
+@dataclass(frozen=True)
+class FrameInput:
+    """The load option ``frame_input``: the runner takes uint8 ``N x S x S x 3`` frames (resized and cropped,
+    channels in ``order``) and does the conversion to float, the channel swap, the spec's mean/std and
+    HWC -> NCHW inside the model, where the backend can fuse them. Backends that can declare
+    ``Backend.takes_frames = True``."""
+
+    spec: PreprocessSpec
+    order: ChannelOrder
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return (self.spec.input_size, self.spec.input_size, 3)
+
+
+def declared_inputs(backend: Backend, spec: PreprocessSpec, input_name: str) -> dict[str, Any]:
+    """The manifest's ``inputs``: the entry points a bundle's artifact offers at load."""
+    size = spec.input_size
+    inputs: dict[str, Any] = {"tensor": {
+        "name": input_name, "dtype": "float32", "layout": "NCHW", "shape": [None, 3, size, size],
+        "channel_order": spec.channel_order.value, "what": "preprocessed: resized, cropped, normalised (preprocess)"}}
+    if backend.takes_frames:
+        inputs["frames"] = {
+            "dtype": "uint8", "layout": "NHWC", "shape": [None, size, size, 3],
+            "channel_order": "chosen at load (edge_resnet.runtime.load order=..., default bgr)",
+            "what": "resized and cropped frames (preprocess resize/resampler); the engine converts, swaps channels "
+                    "and normalises (added at load: backends.base.FrameInput)"}
+    return inputs
+
+
 class Runner(ABC):
     """A loaded artifact, split as Polygraphy's BaseRunner: ``infer`` checks a float32 NCHW batch against
     the declared input (``sample_shape``, the batch range) and cuts it to ``max_batch``; the backend's
-    ``infer_impl`` runs one such chunk and returns a float32 array.
+    ``infer_impl`` runs one such chunk and returns a float32 array. A runner loaded with a
+    :class:`FrameInput` takes uint8 N x S x S x 3 frames instead (``input_dtype`` uint8).
 
-    Declared by every backend: ``input_name``, ``sample_shape`` (C, H, W; None for a dynamic dim),
+    Declared by every backend: ``input_name``, ``input_dtype``, ``sample_shape`` (C, H, W, or
+    S, S, 3 for frames; None for a dynamic dim),
     ``min_batch``/``max_batch`` (a static-batch artifact pads smaller chunks up to ``min_batch`` in
     ``infer_impl``; ``max_batch`` None: unbounded), ``thread_safe`` (may ``infer`` be called from
     several threads at once), ``describe()`` and ``optimal_requests()`` (parallel requests that keep
@@ -93,6 +126,7 @@ class Runner(ABC):
     """
 
     input_name: str = "input"
+    input_dtype: np.dtype = np.dtype(np.float32)
     sample_shape: tuple[int | None, ...] = ()
     min_batch: int = 1
     max_batch: int | None = None
@@ -108,12 +142,15 @@ class Runner(ABC):
 
     @abstractmethod
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        """One checked chunk: float32, C-contiguous, 1..max_batch images of ``sample_shape``."""
+        """One checked chunk: ``input_dtype``, C-contiguous, 1..max_batch images of ``sample_shape``."""
 
     def check_batch(self, batch: np.ndarray) -> np.ndarray:
-        from edge_resnet.errors import BackendError
-
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.input_dtype == np.uint8 and getattr(batch, "dtype", None) != np.uint8:
+            raise BackendError(f"this {self.artifact_noun} takes uint8 frames (N x S x S x 3), got "
+                               f"{getattr(batch, 'dtype', type(batch).__name__)}",
+                               "pass resized and cropped uint8 frames, or load it without frame_input for "
+                               "float32 NCHW batches")
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         shape = self.sample_shape
         if shape and (batch.ndim != 1 + len(shape)
                       or any(d is not None and batch.shape[1 + i] != d for i, d in enumerate(shape))):
@@ -127,7 +164,7 @@ class Runner(ABC):
     def input_metadata(self) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
         """Polygraphy's TensorMetadata, as a dict: name -> (dtype, shape with None for a dynamic batch)."""
         batch = self.min_batch if self.min_batch == self.max_batch else None
-        return {self.input_name: (np.dtype(np.float32), (batch, *self.sample_shape))}
+        return {self.input_name: (self.input_dtype, (batch, *self.sample_shape))}
 
     def describe(self) -> dict[str, Any]:
         return {}
@@ -156,6 +193,7 @@ class Backend(ABC):
     # the keyword options ``load`` takes besides COMMON_LOAD_OPTIONS; others are refused by Bundle.load_runner
     # (None: not declared, nothing checked)
     load_options: frozenset[str] | None = None
+    takes_frames: bool = False  # load(..., frame_input=FrameInput(...)) gives a runner taking uint8 frames
 
     def available(self) -> bool:
         """True when the backend's library can be imported here (without importing it)."""

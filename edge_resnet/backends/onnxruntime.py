@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
+from edge_resnet.backends.base import (
+    Artifact,
+    Backend,
+    FrameInput,
+    Runner,
+    import_library,
+    read_onnx_structure,
+)
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile
@@ -189,6 +196,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = node.name
         self.output_name = session.get_outputs()[0].name
         self.sample_shape = tuple(d if isinstance(d, int) else None for d in node.shape[1:])
+        self.input_dtype = np.dtype(np.uint8) if node.type == "tensor(uint8)" else np.dtype(np.float32)
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         if self.session is None:
@@ -242,13 +250,27 @@ def session_options(ort: ModuleType, threads: int | None) -> Any:
     return so
 
 
+def _with_frame_input(path: Path, frame_input: FrameInput) -> bytes:
+    import onnx
+
+    from edge_resnet.graph.input_normalization import with_frame_input
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise BackendError(f"cannot read {path}: {exc}",
+                           "the file is corrupt or was modified: copy the bundle again or re-run compile") from exc
+    return with_frame_input(model, frame_input.spec, frame_input.order).SerializeToString()
+
+
 # ----------------------------------------------------------------------------------------------- backend
 
 
 class OnnxRuntimeBackend(Backend):
     name = BackendName.ONNXRUNTIME
     library = "onnxruntime"
-    load_options = frozenset()  # threads (intra-op); a performance hint is ignored
+    load_options = frozenset({"frame_input"})  # and threads (intra-op); a performance hint is ignored
+    takes_frames = True
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """Copy the model into ``out_dir`` and save ORT's portable optimized graph next to it, for inspection."""
@@ -281,14 +303,19 @@ class OnnxRuntimeBackend(Backend):
         return Artifact(self.name, precision, {"model": MODEL_FILE, "optimized": OPTIMIZED_FILE}, info)
 
     def load(self, bundle_dir: Path, artifact: Artifact, threads: int | None = None,
-             **options: Any) -> OnnxRuntimeRunner:
+             frame_input: FrameInput | None = None, **options: Any) -> OnnxRuntimeRunner:
         """An InferenceSession on model.onnx (ORT_ENABLE_ALL). ``threads``: intra-op threads (default: the
-        profile's, else ORT's default of one per physical core); inter-op is 1 (sequential)."""
+        profile's, else ORT's default of one per physical core); inter-op is 1 (sequential).
+        ``frame_input``: the session takes uint8 frames, the normalisation ops in front of the model
+        (edge_resnet.graph.input_normalization), built in memory: the artifact stays as compiled."""
         ort = import_onnxruntime()
         path = artifact_model(Path(bundle_dir), artifact)
         threads = threads or artifact.info.get("threads")
+        model: str | bytes = str(path)
+        if frame_input is not None:
+            model = _with_frame_input(path, frame_input)
         try:
-            session = ort.InferenceSession(str(path), session_options(ort, threads), providers=PROVIDERS)
+            session = ort.InferenceSession(model, session_options(ort, threads), providers=PROVIDERS)
         except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ... (pybind types)
             raise BackendError(f"ONNX Runtime {ort.__version__} cannot load {path}: {_first_line(exc)}",
                                "the file is corrupt or was modified: copy the bundle again or re-run compile") from exc

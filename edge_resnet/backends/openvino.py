@@ -34,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
+from edge_resnet.backends.base import (
+    Artifact,
+    Backend,
+    FrameInput,
+    Runner,
+    import_library,
+    read_onnx_structure,
+)
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.interrupts import deferred_interrupt
@@ -323,6 +330,7 @@ class OpenVINORunner(Runner):
         self.min_batch = max(1, int(batch.get_min_length()))
         self.max_batch = int(batch.get_max_length()) if batch.get_max_length() > 0 else None  # None: unbounded
         self.sample_shape = tuple(int(d.get_length()) for d in list(shape)[1:])
+        self.input_dtype = np.dtype(np.uint8) if port.get_element_type() == ov.Type.u8 else np.dtype(np.float32)
         self._pool = _RequestPool(compiled)
 
     # ---- synchronous
@@ -330,7 +338,7 @@ class OpenVINORunner(Runner):
     def infer_impl(self, chunk: np.ndarray) -> np.ndarray:
         n = chunk.shape[0]
         if n < self.min_batch:  # a static-batch IR (NPU): pad, then drop the padding
-            chunk = np.concatenate([chunk, np.zeros((self.min_batch - n, *self.sample_shape), np.float32)])
+            chunk = np.concatenate([chunk, np.zeros((self.min_batch - n, *self.sample_shape), self.input_dtype)])
         with self._pool.acquire() as request:
             try:
                 out = request.infer({0: chunk})[0]
@@ -411,13 +419,40 @@ def read_ir(core: Any, xml: Path, bin_path: Path) -> Any:
                            "the IR is corrupt or from an incompatible OpenVINO: re-run compile for this target") from exc
 
 
+def with_frame_input(ov: ModuleType, model: Any, frame_input: FrameInput) -> Any:
+    """``model`` taking uint8 N x S x S x 3 frames: OpenVINO's PrePostProcessor converts, swaps channels and
+    normalises inside the model. The steps are the spec's own float32 ones in its order (``/ 255``,
+    ``- mean``, ``/ std``); the plugin may still fuse them (into the first FakeQuantize of an INT8 model),
+    so results can differ from the host path in the last bit before the first quantizer."""
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    spec = frame_input.spec
+    color = {"rgb": ColorFormat.RGB, "bgr": ColorFormat.BGR}
+    try:
+        ppp = PrePostProcessor(model)
+        entry = ppp.input()
+        entry.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")) \
+            .set_color_format(color[frame_input.order.value])
+        entry.model().set_layout(ov.Layout("NCHW"))
+        steps = entry.preprocess()
+        steps.convert_element_type(ov.Type.f32)
+        if frame_input.order is not spec.channel_order:
+            steps.convert_color(color[spec.channel_order.value])
+        steps.scale(255.0).mean(list(spec.mean)).scale(list(spec.std))
+        return ppp.build()
+    except Exception as exc:
+        raise BackendError(f"OpenVINO could not add the frame input to the model: {_ov_message(exc)}",
+                           "load without frame_input and pass float32 NCHW batches") from exc
+
+
 # ----------------------------------------------------------------------------------------------- backend
 
 
 class OpenVINOBackend(Backend):
     name = BackendName.OPENVINO
     library = "openvino"
-    load_options = frozenset({"inference_precision"})
+    load_options = frozenset({"inference_precision", "frame_input"})
+    takes_frames = True
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present.
@@ -473,9 +508,10 @@ class OpenVINOBackend(Backend):
         return summary
 
     def load(self, bundle_dir: Path, artifact: Artifact, threads: int | None = None, hint: str | None = None,
-             **options: Any) -> OpenVINORunner:
+             frame_input: FrameInput | None = None, **options: Any) -> OpenVINORunner:
         """Compile the IR for the artifact's device. ``threads``/``hint`` override the profile's; option
-        ``inference_precision`` overrides the artifact's INFERENCE_PRECISION_HINT ("" lets the device choose)."""
+        ``inference_precision`` overrides the artifact's INFERENCE_PRECISION_HINT ("" lets the device choose).
+        ``frame_input``: the compiled model takes uint8 frames (:func:`with_frame_input`)."""
         ov = import_openvino()
         xml, bin_path = artifact_files(Path(bundle_dir), artifact)
         device = str(artifact.info.get("device", "CPU"))
@@ -486,5 +522,8 @@ class OpenVINOBackend(Backend):
         if precision_hint is None and artifact.precision != Precision.INT8:
             precision_hint = INFERENCE_PRECISION.get(artifact.precision)
         config = runtime_config(core, device, hint, threads or artifact.info.get("threads"), precision_hint or None)
-        compiled = compile_for(core, read_ir(core, xml, bin_path), device, config, str(xml))
+        model = read_ir(core, xml, bin_path)
+        if frame_input is not None:
+            model = with_frame_input(ov, model, frame_input)
+        compiled = compile_for(core, model, device, config, str(xml))
         return OpenVINORunner(ov, compiled, RunnerSettings(device, artifact.precision, hint, config))

@@ -1,6 +1,9 @@
 """The whole camera path, timed per stage on real frames, one frame at a time (batch 1):
 
-    decode (next frame from the source) -> preprocess (PreprocessSpec.apply) -> infer -> postprocess
+    decode (next frame from the source) -> preprocess -> infer -> postprocess
+
+"preprocess" is the host's part, as the runtime does it: resize + crop when the engine normalises the
+frames itself (backends that take frames, see backends.base.FrameInput), else PreprocessSpec.apply.
 
 Frames come from any source ``open_dataset`` reads (default: the raw digits:test images). For image
 files and videos "decode" is the real decoding; for in-memory arrays (digits, .npy) it is only the copy
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Runner
+from edge_resnet.backends.base import FrameInput, Runner, get_backend
 from edge_resnet.bench.latency import Clock, LatencyStats, Mode, Target
 from edge_resnet.data import ChannelOrder, PreprocessSpec, open_dataset
 from edge_resnet.errors import BundleError, DataError
@@ -58,13 +61,14 @@ class PipelineResult:
     source_kind: str
     decoded: bool
     top1: float | None  # accuracy of the top-1 class when the source has labels
+    normalized_in_engine: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         r4 = {k: round(v, 4) for k, v in self.stages_ms.items()}
         return {"stages_ms": r4, "stages_p50_ms": {k: round(v, 4) for k, v in self.stages_p50_ms.items()},
                 "frame_ms": self.frame_ms.to_dict(), "fps": round(self.fps, 3), "frames": self.frames,
                 "batch": 1, "source": self.source, "source_kind": self.source_kind, "decoded": self.decoded,
-                "top1": self.top1}
+                "top1": self.top1, "normalized_in_engine": self.normalized_in_engine}
 
 
 def _frames(source: str, spec: PreprocessSpec) -> tuple[Iterator[Any], str]:
@@ -76,8 +80,13 @@ def _frames(source: str, spec: PreprocessSpec) -> tuple[Iterator[Any], str]:
 
 
 def run_pipeline(runner: Runner, spec: PreprocessSpec, source: str = "digits:test", frames: int = 200,
-                 warmup: int = 10, output_kind: str = "logits", clock: Clock = time.perf_counter) -> PipelineResult:
-    """Time ``warmup + frames`` frames through the four stages; warm-up frames are not counted."""
+                 warmup: int = 10, output_kind: str = "logits", clock: Clock = time.perf_counter,
+                 normalized_in_engine: bool = False) -> PipelineResult:
+    """Time ``warmup + frames`` frames through the four stages; warm-up frames are not counted.
+    ``normalized_in_engine``: ``runner`` takes RGB uint8 frames (loaded with a FrameInput in RGB)."""
+    prepare: Callable[[np.ndarray], np.ndarray] = (
+        (lambda image: spec.crop(image, ChannelOrder.RGB, ChannelOrder.RGB)) if normalized_in_engine
+        else (lambda image: spec.apply(image, ChannelOrder.RGB)))
     post = POSTPROCESS.get(output_kind)
     if post is None:
         raise DataError(f"no postprocessing for output kind {output_kind!r}", f"use one of {sorted(POSTPROCESS)}")
@@ -91,7 +100,7 @@ def run_pipeline(runner: Runner, spec: PreprocessSpec, source: str = "digits:tes
         if item is None:
             break
         t1 = clock()
-        x = spec.apply(item.images[0], ChannelOrder.RGB)[None]
+        x = prepare(item.images[0])[None]
         t2 = clock()
         y = runner.infer(x)
         t3 = clock()
@@ -114,7 +123,7 @@ def run_pipeline(runner: Runner, spec: PreprocessSpec, source: str = "digits:tes
     frame = LatencyStats.from_samples(totals)
     return PipelineResult({s: st.mean for s, st in stats.items()}, {s: st.p50 for s, st in stats.items()}, frame,
                           1e3 / frame.mean if frame.mean > 0 else math.inf, len(totals), source, kind,
-                          kind in DECODED_KINDS, correct / labelled if labelled else None)
+                          kind in DECODED_KINDS, correct / labelled if labelled else None, normalized_in_engine)
 
 
 def bundle_pipeline(source: str = "digits:test", frames: int = 200, warmup: int = 10,
@@ -126,7 +135,10 @@ def bundle_pipeline(source: str = "digits:test", frames: int = 200, warmup: int 
         if bundle is None:
             raise BundleError(f"--pipeline needs a bundle (its preprocessing and output kind); {target.path} is a bare file",
                               "benchmark the bundle directory")
-        with target.subject.load(threads=threads, hint=Mode.LATENCY.hint) as runner:
-            return run_pipeline(runner, bundle.spec, source, frames, warmup, bundle.output_kind).to_dict()
+        in_engine = get_backend(bundle.artifact.backend).takes_frames  # as edge_resnet.runtime.load does
+        options: dict[str, Any] = {"frame_input": FrameInput(bundle.spec, ChannelOrder.RGB)} if in_engine else {}
+        with target.subject.load(threads=threads, hint=Mode.LATENCY.hint, **options) as runner:
+            return run_pipeline(runner, bundle.spec, source, frames, warmup, bundle.output_kind,
+                                normalized_in_engine=in_engine).to_dict()
 
     return run

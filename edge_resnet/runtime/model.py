@@ -9,6 +9,11 @@ Frames are uint8 HxWx3 (OpenCV's BGR by default, ``order="rgb"`` for PIL/numpy R
 lists of them, or an (N, H, W, 3) uint8 array; an NCHW float32 array is taken as already
 preprocessed and passed through. Nothing here imports torch.
 
+Where the backend can (OpenVINO, ONNX Runtime: ``Backend.takes_frames``), the engine takes the
+frames themselves: the host only resizes and crops, and the conversion to float, the channel swap,
+the mean/std and HWC -> NCHW run inside the model (see backends.base.FrameInput). Float NCHW batches
+go to the artifact's own float input, loaded the first time one is passed.
+
 Thread safety: ``classify``/``embed``/``infer`` may be called from several threads at once. OpenVINO
 and ONNX Runtime runners are thread-safe themselves (see their modules); other backends' calls are
 serialized with a lock.
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from edge_resnet.backends.base import FrameInput
 from edge_resnet.bundle import Bundle, load_bundle
 from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
 from edge_resnet.errors import BundleError, DataError
@@ -98,10 +104,14 @@ def _as_frame_list(frames: Frames) -> list[Any]:
 class Model:
     """A bundle's artifact with its preprocessing and postprocessing. Make one with :func:`load`."""
 
-    def __init__(self, bundle: Bundle, runner: Runner, order: ChannelOrder | str = ChannelOrder.BGR,
-                 runner_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, bundle: Bundle, runner: Runner | None, order: ChannelOrder | str = ChannelOrder.BGR,
+                 runner_options: dict[str, Any] | None = None, frame_runner: Runner | None = None) -> None:
+        if runner is None and frame_runner is None:
+            raise ValueError("a Model needs a runner, a frame runner or both")
         self.bundle = bundle
-        self.runner = runner
+        self._runner = runner  # float32 NCHW input; loaded on first use when only frame_runner was given
+        self._runner_lock = threading.Lock()
+        self.frame_runner = frame_runner  # uint8 frames in, normalisation inside (FrameInput), or None
         self.runner_options = dict(runner_options or {})  # what load() passed to the backend
         self._throughput: Runner | None = None  # loaded by the first throughput stream
         self._throughput_lock = threading.Lock()
@@ -112,8 +122,10 @@ class Model:
         self.kind = model_kind(bundle.manifest["model"])
         self.labels: list[str] | None = bundle.labels
         self.input_shape = (3, self.spec.input_size, self.spec.input_size)
+        primary = frame_runner if frame_runner is not None else runner
+        assert primary is not None
         self._lock: AbstractContextManager[Any] = (
-            nullcontext() if runner.thread_safe else threading.Lock())  # declared by the backend's Runner
+            nullcontext() if primary.thread_safe else threading.Lock())  # declared by the backend's Runner
         self._names: list[str] = list(self.labels or [])
         self._names_lock = threading.Lock()
         classes = bundle.manifest["model"].get("num_classes")
@@ -122,7 +134,24 @@ class Model:
                         bundle.path, len(self.labels), classes)
 
     def __repr__(self) -> str:
-        return f"Model({self.bundle.path}, {self.backend.value}, {self.kind.value}, input {self.input_shape})"
+        where = ", normalised in the engine" if self.frame_runner is not None else ""
+        return f"Model({self.bundle.path}, {self.backend.value}, {self.kind.value}, input {self.input_shape}{where})"
+
+    @property
+    def runner(self) -> Runner:
+        """The artifact's float32 NCHW runner (already preprocessed batches)."""
+        if self._runner is None:
+            with self._runner_lock:
+                if self._closed:
+                    raise BundleError(f"the model of {self.bundle.path} is closed", "load the bundle again")
+                if self._runner is None:
+                    self._runner = self.bundle.load_runner(**self.runner_options)
+        return self._runner
+
+    @property
+    def frame_input(self) -> FrameInput | None:
+        """What the engine's frame input takes, when it has one."""
+        return None if self.frame_runner is None else FrameInput(self.spec, self.order)
 
     # ---- inputs
 
@@ -147,6 +176,28 @@ class Model:
             order = ChannelOrder.RGB
         return self.spec.apply(check_frame(frame, where), order, out=out)
 
+    def prepare_for_engine(self, frame: Any, order: ChannelOrder, where: str = "frame") -> np.ndarray:
+        """One frame -> what the engine takes per frame: the resized, cropped uint8 S x S x 3 frame in
+        the engine's channel order when it normalises itself, else :meth:`prepare`'s CHW float32."""
+        if self.frame_runner is None:
+            return self.prepare(frame, order, where)
+        if isinstance(frame, Image.Image):
+            order = ChannelOrder.RGB
+        return self.spec.crop(check_frame(frame, where), order, self.order)
+
+    def engine_batch(self, frames: Frames, order: ChannelOrder | str | None = None) -> np.ndarray:
+        """Frames -> the batch :meth:`run_batch` takes (uint8 frames when the engine normalises, else NCHW
+        float32); an NCHW float32 batch is passed through."""
+        if self.frame_runner is None or (isinstance(frames, np.ndarray) and frames.dtype == np.float32
+                                         and frames.ndim == 4):
+            return self.preprocess(frames, order)
+        items = _as_frame_list(frames)
+        order = self.order if order is None else parse_order(order)
+        if len(items) == 1:
+            return self.prepare_for_engine(items[0], order)[None]
+        return np.stack([self.prepare_for_engine(frame, order, f"frame {i} of {len(items)}")
+                         for i, frame in enumerate(items)])
+
     def _check_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[1:] != self.input_shape or batch.shape[0] == 0:
             raise DataError(f"preprocessed batch has shape {batch.shape}; this model takes N x "
@@ -158,11 +209,13 @@ class Model:
 
     def infer(self, frames: Frames, order: ChannelOrder | str | None = None) -> np.ndarray:
         """The artifact's raw output (logits or features) for ``frames``."""
-        return self.run_batch(self.preprocess(frames, order))
+        return self.run_batch(self.engine_batch(frames, order))
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """A batch of :meth:`engine_batch` (uint8 frames, or float32 NCHW) -> the artifact's output."""
+        runner = self.frame_runner if self.frame_runner is not None and batch.dtype == np.uint8 else self.runner
         with self._lock:
-            return self.runner.infer(batch)
+            return runner.infer(batch)
 
     def classify(self, frames: Frames, top_k: int = 5, order: ChannelOrder | str | None = None) -> list[Classification]:
         """One :class:`Classification` per frame (a list also for a single frame)."""
@@ -234,13 +287,16 @@ class Model:
         plan = PLANS.get(self.backend)
         if plan is None:
             return None
-        if plan.matches(self.runner):
-            return self.runner, plan
+        primary = self.frame_runner if self.frame_runner is not None else self.runner
+        if plan.matches(primary):
+            return primary, plan
         with self._throughput_lock:
             if self._closed:
                 raise BundleError(f"the model of {self.bundle.path} is closed", "load the bundle again")
             if self._throughput is None:
                 options = {**self.runner_options, **plan.load_options}
+                if self.frame_runner is not None:
+                    options["frame_input"] = self.frame_input
                 log.info("loading %s for throughput streams (%s)", self.bundle.path,
                          ", ".join(f"{k}={v}" for k, v in plan.load_options.items()))
                 self._throughput = self.bundle.load_runner(**options)
@@ -249,7 +305,9 @@ class Model:
     # ---- lifetime
 
     def close(self) -> None:
-        self.runner.close()
+        for runner in (self._runner, self.frame_runner):
+            if runner is not None:
+                runner.close()
         with self._throughput_lock:
             self._closed = True
             if self._throughput is not None:
@@ -282,13 +340,24 @@ _FIX: dict[tuple[ModelKind, ModelKind], str] = {
 
 
 def load(path: str | Path, *, order: ChannelOrder | str = ChannelOrder.BGR, verify: bool = True,
-         **runner_options: Any) -> Model:
+         normalize_in_engine: bool | None = None, **runner_options: Any) -> Model:
     """Open the bundle at ``path`` and load its artifact with the backend it was compiled for.
 
     ``order``: the default channel order of frames given to the model ("bgr" for OpenCV frames, "rgb"
-    for PIL/numpy). ``verify``: check the bundle's file hashes. ``runner_options`` go to the backend's
-    ``load`` (e.g. ``threads=2``, ``hint="throughput"`` for OpenVINO).
+    for PIL/numpy). ``verify``: check the bundle's file hashes. ``normalize_in_engine``: frames go to
+    the engine as uint8 and it normalises them (default: when the backend can); False keeps the
+    normalisation on the host. ``runner_options`` go to the backend's ``load`` (e.g. ``threads=2``,
+    ``hint="throughput"`` for OpenVINO).
     """
+    from edge_resnet.backends.base import get_backend
+
     bundle = load_bundle(path, verify=verify)
-    runner = bundle.load_runner(**runner_options)
-    return Model(bundle, runner, order, runner_options)
+    order = parse_order(order)
+    takes_frames = get_backend(bundle.artifact.backend).takes_frames
+    if normalize_in_engine and not takes_frames:
+        raise BundleError(f"the {bundle.artifact.backend.value} backend cannot normalise frames inside the engine",
+                          "load with normalize_in_engine=False (the host normalises)")
+    if takes_frames and normalize_in_engine is not False:
+        frame_runner = bundle.load_runner(**runner_options, frame_input=FrameInput(bundle.spec, order))
+        return Model(bundle, None, order, runner_options, frame_runner=frame_runner)
+    return Model(bundle, bundle.load_runner(**runner_options), order, runner_options)

@@ -170,8 +170,8 @@ class _Work:
     """What the threads need to turn frames into outputs."""
 
     source: FrameSource
-    prepare: Callable[..., np.ndarray]  # (frame, order, where) -> CHW float32
-    infer: Callable[[np.ndarray], np.ndarray]  # NCHW float32 -> outputs
+    prepare: Callable[..., np.ndarray]  # (frame, order, where) -> what the engine takes per frame
+    infer: Callable[[np.ndarray], np.ndarray]  # a batch of prepared frames -> outputs
     workers: int
     batch: int
     keep_frames: bool
@@ -338,7 +338,7 @@ class Stream(Iterator[FrameResult]):
         self.source = open_source(source, order if order is not None or named else model.order)
         self.count = 0  # results delivered
         pipe = _Pipe(self.max_in_flight)
-        work = _Work(self.source, model.prepare, infer, self.workers, self.batch, keep_frames, max_frames)
+        work = _Work(self.source, model.prepare_for_engine, infer, self.workers, self.batch, keep_frames, max_frames)
         self._pipe, self._out = pipe, pipe.queue()  # unbounded: the tickets bound it
         self._stash: dict[int, _Payload] = {}  # results that arrived before the one due
         try:
