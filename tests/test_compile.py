@@ -6,11 +6,13 @@ import configparser
 import json
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from edge_resnet.backends.tensorrt.calibration_cache import read_calibration_cache
 from edge_resnet.cli.app import cli
+from edge_resnet.data.preprocess import PreprocessSpec
 
 
 def _compile(args, cache_dir):
@@ -48,17 +50,23 @@ def test_jetson_bundle_from_a_host_without_tensorrt(jetson_bundle):
 
 @pytest.mark.slow
 def test_jetson_deepstream_config_reproduces_the_preprocessing(jetson_bundle):
+    """nvinfer has one net-scale-factor: with scale 1 and zero offsets it passes raw pixels, and the DeepStream
+    graph does the per-channel mean/std itself, with the spec's own float32 steps: exact, not approximate."""
+    import onnxruntime as ort
+
     out, _ = jetson_bundle
     cfg = configparser.ConfigParser()
     cfg.read(out / "deepstream_nvinfer.txt")
     p = cfg["property"]
-    spec = json.loads((out / "manifest.json").read_text())["preprocess"]
-    scale, offsets = float(p["net-scale-factor"]), [float(v) for v in p["offsets"].split(";")]
-    pixel = np.array([200.0, 100.0, 30.0])  # one RGB pixel
-    ours = (pixel / 255 - np.array(spec["mean"])) / np.array(spec["std"])
-    theirs = scale * (pixel - np.array(offsets))
-    # one scalar scale for three different stds: the documented approximation (< 0.035 here)
-    assert np.abs(ours - theirs).max() < 0.035
+    assert float(p["net-scale-factor"]) == 1.0 and [float(v) for v in p["offsets"].split(";")] == [0.0, 0.0, 0.0]
+    spec = PreprocessSpec.from_dict(json.loads((out / "manifest.json").read_text())["preprocess"])
+    graph = onnx.load(str(out / p["onnx-file"]))
+    graph.graph.output.append(onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    rgb = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    pixels = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32)  # what nvinfer gives (RGB, NCHW)
+    normalized = session.run(["input"], {"pixels": pixels})[0]
+    np.testing.assert_array_equal(normalized, spec.apply_batch(list(rgb), "rgb"))  # bit for bit
     assert p["network-mode"] == "1" and p["network-type"] == "1" and p["labelfile-path"] == "labels.deepstream.txt"
     assert (out / "labels.deepstream.txt").read_text() == ";".join(str(i) for i in range(10)) + "\n"
 

@@ -394,11 +394,20 @@ def test_deepstream_graph_gives_probabilities_nvinfer_labels(bundles) -> None:
     assert prop["output-blob-names"] == "probabilities" and prop["onnx-file"] == "model.deepstream.onnx"
     model = onnx.load(str(bundle / prop["onnx-file"]))
     assert model.graph.node[-1].op_type == "Softmax" and [o.name for o in model.graph.output] == ["probabilities"]
-    x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
-    probs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    # nvinfer with net-scale-factor=1 and zero offsets hands the graph raw pixels; the graph normalises them
+    assert (prop["net-scale-factor"], prop["offsets"]) == ("1.0", "0.0;0.0;0.0")
+    assert [i.name for i in model.graph.input] == ["pixels"]
+    pixels = np.random.default_rng(0).integers(0, 256, size=(16, 3, 32, 32)).astype(np.float32)
+    spec = json.loads((bundle / "manifest.json").read_text())["preprocess"]
+    mean, std = (np.asarray(spec[k], np.float32).reshape(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (pixels / np.float32(255) - mean) / std  # the spec's float32 steps (PreprocessSpec._lut)
+    probs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"pixels": pixels})[0]
     logits = ort.InferenceSession(str(bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": x})[0]
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, softmax / softmax.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
     labels = parse_labels_file((bundle / prop["labelfile-path"]).read_text())
     threshold = float(prop["classifier-threshold"])
     for p, z in zip(probs, logits, strict=True):

@@ -253,12 +253,15 @@ def _deepstream(context: BundleContext, route: _Route) -> dict[str, str]:
     implicit = int8 and mode is QuantMode.IMPLICIT
     calib = (device_build.calibration_cache if implicit else CALIBRATION_CACHE) if int8 else None
     files: dict[str, str] = {}
+    # an implicit build's (DLA's) calibration cache has no scales for the normalisation ops
+    in_graph = classifier and not implicit and device_build.calibration_cache is None
     if classifier:
         source = context.graphs[graph_role]
-        model = onnx.load(str(source))
+        model = softmax_graph(onnx.load(str(source)), context.output_name)
+        from edge_resnet.graph.input_normalization import with_pixel_input
         from edge_resnet.graph.load import save_onnx
 
-        save_onnx(softmax_graph(model, context.output_name), out / DEEPSTREAM_ONNX)
+        save_onnx(with_pixel_input(model, context.spec) if in_graph else model, out / DEEPSTREAM_ONNX)
         write_labels(out / DEEPSTREAM_LABELS, context.labels)
         files.update(deepstream_onnx=DEEPSTREAM_ONNX, deepstream_labels=DEEPSTREAM_LABELS)
         ds = DeepStreamFiles(DEEPSTREAM_ONNX, device_build.deepstream_engine or "model.deepstream.plan", calib,
@@ -266,7 +269,7 @@ def _deepstream(context: BundleContext, route: _Route) -> dict[str, str]:
     else:
         ds = DeepStreamFiles(context.graphs[graph_role].name, device_build.engine, calib, None, context.output_name)
     text = nvinfer_config(profile, context.spec.to_dict(), ds, len(context.labels) if classifier else None,
-                          precision.value)
+                          precision.value, normalized_in_graph=in_graph)
     (out / DEEPSTREAM_CONFIG).write_text(text, encoding="utf-8", newline="\n")
     files["deepstream_config"] = DEEPSTREAM_CONFIG
     return files

@@ -16,6 +16,12 @@ From the DeepStream nvinfer sources (libs/nvdsinfer, DeepStream 6.2 and later):
   INT8 flag (NVIDIA/TensorRT#4021). For a Q/DQ network the file is only what turns the flag on: TensorRT ignores the
   calibrator there ("Calibrator won't be used in explicit precision mode"). Implicit builds need the cache with the
   device's header, which ``build_engine.sh`` writes.
+* nvinfer computes ``net-scale-factor * (x - offsets)`` with one scalar scale (gstnvinfer_property_parser.cpp
+  ``net-scale-factor``, per-channel ``offsets``), so a per-channel std (ImageNet's) cannot be reproduced there.
+  The classifier graph therefore takes the raw 0..255 pixels nvinfer gives with ``net-scale-factor=1`` and zero
+  offsets (input ``pixels``) and does the spec's mean/std itself (edge_resnet.graph.input_normalization): exact.
+  Implicit-quantization builds (DLA) keep the scalar approximation: their calibration cache holds scales for the
+  model's own tensors only.
 * Headless bundles (output ``features``): ``network-type=100`` ("Other - Output layers will not be parsed by
   NvDsInferContext ... combined with gst-nvinfer feature to flow output tensors as metadata", nvdsinfer.h
   ``NvDsInferNetworkType_Other = 100``) and ``output-tensor-meta=1`` (gstnvinfer_property_parser.cpp
@@ -60,9 +66,12 @@ def _fmt(x: float) -> str:
     return repr(float(x))
 
 
-def _preprocessing_comments(spec: Mapping[str, Any], norm: DeepStreamNormalization) -> list[str]:
+def _preprocessing_comments(spec: Mapping[str, Any], norm: DeepStreamNormalization | None) -> list[str]:
     comments = []
-    if norm.max_abs_error > 0:
+    if norm is None:
+        comments.append("# mean/std are inside the ONNX graph (input 'pixels': raw 0..255 values), so nvinfer passes "
+                        "pixels unscaled")
+    elif norm.max_abs_error > 0:
         comments.append(f"# std differs per channel: one net-scale-factor gives up to {norm.max_abs_error:.4g} "
                         "absolute error in normalised input")
         log.warning("DeepStream has one net-scale-factor; with per-channel std %s the normalised input is off by up "
@@ -88,9 +97,10 @@ class DeepStreamFiles:
 
 
 def nvinfer_config(profile: Any, spec_dict: Mapping[str, Any], files: DeepStreamFiles, num_classes: int | None,
-                   precision: str, *, classifier_threshold: float = 0.0) -> str:
+                   precision: str, *, classifier_threshold: float = 0.0, normalized_in_graph: bool = False) -> str:
     """A Gst-nvinfer config (``[property]`` group) running the model as a primary classifier, or (no classes) as a
-    network whose output tensors are attached as metadata."""
+    network whose output tensors are attached as metadata. ``normalized_in_graph``: the graph takes raw pixels
+    (:func:`edge_resnet.graph.input_normalization.with_pixel_input`): ``net-scale-factor=1``, zero offsets."""
     raw_order = spec_dict.get("channel_order", "rgb")
     order = str(getattr(raw_order, "value", raw_order)).lower()  # a str or edge_resnet's ChannelOrder enum
     if order not in COLOR_FORMAT:
@@ -100,7 +110,7 @@ def nvinfer_config(profile: Any, spec_dict: Mapping[str, Any], files: DeepStream
     classifier = num_classes is not None
     if classifier and (num_classes < 1 or not files.labels):  # type: ignore[operator]
         raise BundleError(f"a classifier config needs num_classes >= 1 and a labels file (got {num_classes})")
-    norm = PreprocessSpec.from_dict(dict(spec_dict)).deepstream_normalization()
+    norm = None if normalized_in_graph else PreprocessSpec.from_dict(dict(spec_dict)).deepstream_normalization()
     h, w = _input_hw(spec_dict)
     batch = batch_shapes(profile, (3, h, w))[2][0]
     dla = profile.tensorrt.dla_core if profile.tensorrt else None
@@ -125,8 +135,8 @@ def nvinfer_config(profile: Any, spec_dict: Mapping[str, Any], files: DeepStream
         "gie-unique-id=1",
         f"infer-dims=3;{h};{w}",
         f"model-color-format={COLOR_FORMAT[order]}",
-        f"net-scale-factor={_fmt(norm.net_scale_factor)}",
-        "offsets=" + ";".join(_fmt(o) for o in norm.offsets),
+        f"net-scale-factor={_fmt(1.0 if norm is None else norm.net_scale_factor)}",
+        "offsets=" + ";".join(_fmt(o) for o in ((0.0, 0.0, 0.0) if norm is None else norm.offsets)),
         f"output-blob-names={files.output_name}",
         *([f"classifier-threshold={_fmt(classifier_threshold)}"] if classifier else []),
         *(["enable-dla=1", f"use-dla-core={dla}"] if dla is not None else []),
