@@ -556,7 +556,7 @@ def _confined_absolute(ws: Path, _: dict):
 
 API_CASES: list[ApiCase] = [
     ApiCase("load-unknown-option", lambda ws, fx: _load(ws, fx, thread=2), "unknown load option(s) thread",
-            "use hint, threads"),
+            "use frame_input, hint, threads"),
     ApiCase("stream-none-frame", _stream_none, "frame 1 of list is None, not an image", "leave out the frames"),
     ApiCase("classify-one-output", _classify_one_output, "cannot rank classes", "model.infer(frames)"),
     ApiCase("compile-input-size-huge", _compile_huge_input, "input size 100000 is out of range", "from 32 to 4096"),

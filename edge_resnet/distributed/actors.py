@@ -127,12 +127,12 @@ class InferActor(_ShippedBundle):
     """The runtime (:func:`edge_resnet.runtime.load`'s Model) on image files and video frames."""
 
     def __init__(self, package: Any, table: Any, top_k: int, threads: int) -> None:
-        from edge_resnet.runtime.model import Model
+        from edge_resnet.runtime.model import model_of
 
         super().__init__(package)
         self.table: FrameTable = _value(table)
         self.top_k = top_k
-        self.model = Model(self.bundle, self.bundle.load_runner(threads=threads), runner_options={"threads": threads})
+        self.model = model_of(self.bundle, threads=threads)  # as edge_resnet.runtime.load, on the shipped bundle
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from edge_resnet.distributed.frames import read_span

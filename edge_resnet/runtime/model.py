@@ -349,9 +349,15 @@ def load(path: str | Path, *, order: ChannelOrder | str = ChannelOrder.BGR, veri
     normalisation on the host. ``runner_options`` go to the backend's ``load`` (e.g. ``threads=2``,
     ``hint="throughput"`` for OpenVINO).
     """
+    return model_of(load_bundle(path, verify=verify), order=order, normalize_in_engine=normalize_in_engine,
+                    **runner_options)
+
+
+def model_of(bundle: Bundle, *, order: ChannelOrder | str = ChannelOrder.BGR, normalize_in_engine: bool | None = None,
+             **runner_options: Any) -> Model:
+    """:func:`load` for a bundle already opened (and checked)."""
     from edge_resnet.backends.base import get_backend
 
-    bundle = load_bundle(path, verify=verify)
     order = parse_order(order)
     takes_frames = get_backend(bundle.artifact.backend).takes_frames
     if normalize_in_engine and not takes_frames:
