@@ -299,10 +299,10 @@ def test_stream_gives_the_classify_results_in_frame_order(model: Any, options: s
 @pytest.mark.slow
 def test_throughput_streams_run_the_backends_throughput_configuration(request: pytest.FixtureRequest,
                                                                        model: Any) -> None:
-    from edge_resnet.runtime.plans import PLANS
+    from edge_resnet.backends.base import get_backend
 
     runner, plan = model.throughput_runner()
-    assert plan is PLANS[model.backend] and runner is not model.runner
+    assert plan == get_backend(model.backend).throughput_config() and runner is not model.runner
     assert model.throughput_runner()[0] is runner  # loaded once, kept for later streams
     info = runner.describe()
     if model.backend.value == "openvino":
@@ -312,7 +312,7 @@ def test_throughput_streams_run_the_backends_throughput_configuration(request: p
         assert model.runner.describe()["intra_op_num_threads"] is None and info["intra_op_num_threads"] == 1
     frames, _ = digit_frames(4)
     with model.stream(frames) as s:
-        assert (s.workers, s.batch) == (plan.parallel(runner) + 1, 4)
+        assert (s.workers, s.batch) == (runner.parallel_requests() + 1, 4)
         assert s.max_in_flight == 2 * s.workers * s.batch
     with model.stream(frames, mode="latency") as s:
         assert (s.workers, s.batch, s.max_in_flight) == (1, 1, 2)

@@ -89,7 +89,9 @@ class Runner(ABC):
     ``min_batch``/``max_batch`` (a static-batch artifact pads smaller chunks up to ``min_batch`` in
     ``infer_impl``; ``max_batch`` None: unbounded), ``thread_safe`` (may ``infer`` be called from
     several threads at once), ``describe()`` and ``optimal_requests()`` (parallel requests that keep
-    the device busy, for throughput runs).
+    the device busy, for throughput runs). Backends with a throughput configuration
+    (:meth:`Backend.throughput_config`) also say whether a runner was loaded in it
+    (``throughput_configured()``) and how many inferences to run on it at once (``parallel_requests()``).
     """
 
     input_name: str = "input"
@@ -135,6 +137,14 @@ class Runner(ABC):
     def optimal_requests(self) -> int:
         return 1
 
+    def parallel_requests(self) -> int:
+        """Inferences to run at once on this runner in its backend's throughput configuration."""
+        return max(1, int(self.optimal_requests()))
+
+    def throughput_configured(self) -> bool:
+        """True when this runner was loaded with its backend's throughput configuration already."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -143,6 +153,21 @@ class Runner(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """How a backend runs many frames at once (a stream): the ``load`` options of its throughput
+    configuration and the most frames one inference call takes (only frames already waiting are batched).
+
+    On a CPU one inference spread over all cores (the latency configuration ``load`` gives by default)
+    costs more CPU per frame than one single-threaded inference per core, because the cores synchronise
+    inside every layer (figures: benchmarks/README.md). Results do not change between the two
+    configurations; the runtime tests check it (stream results == classify results, scores exact).
+    """
+
+    load_options: dict[str, Any]  # for Bundle.load_runner
+    batch: int = 4
 
 
 # options every backend's ``load`` takes (a backend without the notion ignores it): callers such as the
@@ -156,6 +181,11 @@ class Backend(ABC):
     # the keyword options ``load`` takes besides COMMON_LOAD_OPTIONS; others are refused by Bundle.load_runner
     # (None: not declared, nothing checked)
     load_options: frozenset[str] | None = None
+
+    def throughput_config(self) -> ThroughputConfig | None:
+        """This backend's throughput configuration; None (the default): streams use the model's own
+        runner, one frame at a time (TensorRT: one GPU, and its kernels may depend on the batch size)."""
+        return None
 
     def available(self) -> bool:
         """True when the backend's library can be imported here (without importing it)."""

@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
+from edge_resnet.backends.base import (
+    Artifact,
+    Backend,
+    Runner,
+    ThroughputConfig,
+    import_library,
+    read_onnx_structure,
+)
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile
@@ -210,6 +217,15 @@ class OnnxRuntimeRunner(Runner):
             "graph_optimization_level": "ORT_ENABLE_ALL",
         }
 
+    def parallel_requests(self) -> int:
+        """One single-threaded inference per core this process may run on."""
+        from edge_resnet.host_cpu import available_cores
+
+        return available_cores()
+
+    def throughput_configured(self) -> bool:
+        return self.threads == 1
+
     def close(self) -> None:
         self.session = None
 
@@ -249,6 +265,10 @@ class OnnxRuntimeBackend(Backend):
     name = BackendName.ONNXRUNTIME
     library = "onnxruntime"
     load_options = frozenset()  # threads (intra-op); a performance hint is ignored
+
+    def throughput_config(self) -> ThroughputConfig:
+        """Sessions of one thread, one per core (``run`` may be called from several threads at once)."""
+        return ThroughputConfig({"threads": 1})
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """Copy the model into ``out_dir`` and save ORT's portable optimized graph next to it, for inspection."""

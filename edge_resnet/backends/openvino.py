@@ -34,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.backends.base import Artifact, Backend, Runner, import_library, read_onnx_structure
+from edge_resnet.backends.base import (
+    Artifact,
+    Backend,
+    Runner,
+    ThroughputConfig,
+    import_library,
+    read_onnx_structure,
+)
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.interrupts import deferred_interrupt
@@ -346,6 +353,9 @@ class OpenVINORunner(Runner):
         except Exception:
             return 1
 
+    def throughput_configured(self) -> bool:
+        return str(self.settings.performance_hint).lower() == "throughput"
+
     # ---- introspection
 
     def _property(self, name: str) -> Any:
@@ -418,6 +428,10 @@ class OpenVINOBackend(Backend):
     name = BackendName.OPENVINO
     library = "openvino"
     load_options = frozenset({"inference_precision"})
+
+    def throughput_config(self) -> ThroughputConfig:
+        """OpenVINO's THROUGHPUT hint and its number of requests, as ``benchmark_app`` runs it."""
+        return ThroughputConfig({"hint": "throughput"})
 
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present.

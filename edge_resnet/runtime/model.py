@@ -37,12 +37,12 @@ from edge_resnet.postprocess import (
     model_kind,
     top_k_softmax,
 )
-from edge_resnet.runtime.plans import PLANS, StreamMode, ThroughputPlan
+from edge_resnet.runtime.plans import StreamMode
 from edge_resnet.runtime.sources import parse_order
 from edge_resnet.types import BackendName
 
 if TYPE_CHECKING:
-    from edge_resnet.backends.base import Runner
+    from edge_resnet.backends.base import Runner, ThroughputConfig
     from edge_resnet.runtime.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class Model:
         """Results for every frame of ``source`` in frame order, pipelined (see edge_resnet.runtime.stream).
 
         ``mode="throughput"`` (default): one inference per core on the backend's throughput
-        configuration (loaded once, on the first such stream; see edge_resnet.runtime.plans), frames
+        configuration (loaded once, on the first such stream; see Backend.throughput_config), frames
         batched up to ``batch`` when they are already waiting. ``mode="latency"``: this model's runner,
         one frame at a time, for the shortest time from frame to result on an idle machine.
         """
@@ -225,16 +225,18 @@ class Model:
         return Stream(self, source, top_k=top_k, order=order, mode=mode, max_frames=max_frames,
                       keep_frames=keep_frames, buffer=buffer, batch=batch, workers=workers)
 
-    def throughput_runner(self) -> tuple[Runner, ThroughputPlan] | None:
-        """The runner and plan of throughput streams; None when the backend has no throughput plan.
+    def throughput_runner(self) -> tuple[Runner, ThroughputConfig] | None:
+        """The runner and configuration of throughput streams; None when the backend has none.
 
         The model's own runner when it was loaded that way already, else the bundle loaded a second
-        time with the plan's options (kept for later streams, closed with the model).
+        time with the configuration's options (kept for later streams, closed with the model).
         """
-        plan = PLANS.get(self.backend)
+        from edge_resnet.backends.base import get_backend
+
+        plan = get_backend(self.backend).throughput_config()
         if plan is None:
             return None
-        if plan.matches(self.runner):
+        if self.runner.throughput_configured():
             return self.runner, plan
         with self._throughput_lock:
             if self._closed:

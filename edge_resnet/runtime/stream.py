@@ -325,7 +325,7 @@ class Stream(Iterator[FrameResult]):
             runner, how = plan
             infer: Callable[[np.ndarray], np.ndarray] = runner.infer  # thread-safe runners
             # one worker more than the inferences the backend runs at once: one preprocesses meanwhile
-            self.workers = _positive("workers", workers) if workers is not None else how.parallel(runner) + 1
+            self.workers = _positive("workers", workers) if workers is not None else runner.parallel_requests() + 1
             self.batch = _positive("batch", batch) if batch is not None else how.batch
         else:
             infer = model.run_batch  # takes the model's lock on backends that need one
