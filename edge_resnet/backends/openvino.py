@@ -40,8 +40,8 @@ from edge_resnet.backends.base import (
     Runner,
     ThroughputConfig,
     import_library,
-    read_onnx_structure,
 )
+from edge_resnet.backends.onnx_facts import OnnxFacts, inspect_onnx
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.interrupts import deferred_interrupt
@@ -121,24 +121,6 @@ def require_device(core: Any, device: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- ONNX
-
-
-@dataclass(frozen=True)
-class OnnxFacts:
-    input_name: str
-    has_qdq: bool
-
-
-def inspect_onnx(onnx_path: Path) -> OnnxFacts:
-    """Read the ONNX (no weights) before OpenVINO does: its errors for a bad file are obscure."""
-
-    model = read_onnx_structure(onnx_path)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise BackendError(f"{onnx_path} has {len(inputs)} inputs; the OpenVINO backend expects one image input")
-    has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    return OnnxFacts(inputs[0], has_qdq)
 
 
 def check_precision(facts: OnnxFacts, precision: Precision, onnx_path: Path) -> None:
@@ -441,7 +423,7 @@ class OpenVINOBackend(Backend):
         ov = import_openvino()
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         check_device_name(profile.device)
-        facts = inspect_onnx(onnx_path)
+        facts = inspect_onnx(onnx_path, "OpenVINO")
         check_precision(facts, precision, onnx_path)
         with deferred_interrupt("the OpenVINO conversion"):
             model = convert(ov, onnx_path, profile.batch)

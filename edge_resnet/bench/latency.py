@@ -412,9 +412,9 @@ def _device_of(bundle: Bundle, art: Artifact) -> str:
 
 
 def _onnx_target(path: Path) -> Target:
-    from edge_resnet.backends.onnxruntime import inspect_onnx
+    from edge_resnet.backends.onnx_facts import inspect_onnx
 
-    precision = Precision.INT8 if inspect_onnx(path).has_qdq else Precision.FP32
+    precision = Precision.INT8 if inspect_onnx(path, "ONNX Runtime").has_qdq else Precision.FP32
     art = Artifact(BackendName.ONNXRUNTIME, precision, {"model": path.name}, {})
     return Target(path, _file_subject(path, art, "cpu"))
 
