@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,11 +22,11 @@ import onnx
 from onnx import numpy_helper
 
 from edge_resnet.errors import GraphError
+from edge_resnet.graph.index import DEFAULT_DOMAINS, GraphIndex, node_uses
 from edge_resnet.graph.names import FreshNames
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _STAT_NAMES = ("scale", "B", "mean", "var")
 
 
@@ -69,7 +69,7 @@ def fold_batchnorm(
     if not bns:
         return out, summary
 
-    g = _GraphIndex(out.graph)
+    g = GraphIndex(out.graph)
     plans: list[_Plan] = [_plan(g, i, summary) for i in bns]
 
     types: dict[str, tuple[int, int | None]] | None = None
@@ -130,58 +130,7 @@ class _Plan:
     bias: np.ndarray | None = None
 
 
-class _GraphIndex:
-    """Producers, uses and constants of the top-level graph (uses inside subgraphs are counted)."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.init = {t.name: t for t in graph.initializer}
-        self.graph_inputs = {vi.name for vi in graph.input}
-        self.graph_outputs = {vi.name for vi in graph.output}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = {}
-        for i, node in enumerate(graph.node):
-            for o in node.output:
-                if o:
-                    self.producer[o] = i
-            for name in _node_uses(node):
-                self.consumers.setdefault(name, []).append(i)
-        self.uses = Counter({k: len(v) for k, v in self.consumers.items()})
-        for name in self.graph_outputs:
-            self.uses[name] += 1
-
-    def const(self, name: str, depth: int = 0) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer, a Constant, or an Identity of one."""
-        if not name or depth > 16:
-            return None
-        if name in self.init:
-            t = self.init[name]
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                raise GraphError(
-                    f"initializer '{name}' is stored in external data that is not loaded",
-                    "load the model with edge_resnet.graph.load_onnx, which reads external weights into memory",
-                )
-            return numpy_helper.to_array(t)
-        if name in self.graph_inputs:
-            return None  # a real run-time input
-        i = self.producer.get(name)
-        if i is None:
-            return None
-        node = self.graph.node[i]
-        if node.domain not in _DEFAULT_DOMAINS:
-            return None
-        if node.op_type == "Constant":
-            return _constant_value(node)
-        if node.op_type == "Identity":
-            return self.const(node.input[0], depth + 1)
-        return None
-
-    def label(self, i: int) -> str:
-        node = self.graph.node[i]
-        return node.name or f"{node.op_type}({node.output[0] if node.output else i})"
-
-
-def _plan(g: _GraphIndex, i: int, summary: FoldSummary) -> _Plan:
+def _plan(g: GraphIndex, i: int, summary: FoldSummary) -> _Plan:
     bn = g.graph.node[i]
     label = g.label(i)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in bn.attribute}
@@ -214,25 +163,25 @@ def _plan(g: _GraphIndex, i: int, summary: FoldSummary) -> _Plan:
     plan.kind = "affine"  # unless the checks below find a Conv to fold into
 
     x = bn.input[0]
-    p = g.producer.get(x)
+    p = g.producer_index.get(x)
     if p is None:
-        what = "an initializer" if x in g.init else "the graph input"
+        what = "an initializer" if x in g.initializers else "the graph input"
         plan.reason = f"its input '{x}' is {what}, not a Conv output"
         return plan
     conv = g.graph.node[p]
     conv_label = g.label(p)
-    if conv.op_type != "Conv" or conv.domain not in _DEFAULT_DOMAINS:
+    if conv.op_type != "Conv" or conv.domain not in DEFAULT_DOMAINS:
         plan.reason = f"its input comes from {conv.op_type} '{conv_label}', not from a Conv"
         if conv.op_type in ("Add", "Sum"):
             plan.reason += " (BatchNormalization after a residual Add, as in pre-activation ResNets)"
         return plan
     plan.conv = p
-    others = [g.label(j) for j in g.consumers.get(x, []) if j != i]
+    others = [g.label(j) for j in g.consumer_indices.get(x, []) if j != i]
     if others:
         shown = ", ".join(f"'{o}'" for o in others[:3]) + (" ..." if len(others) > 3 else "")
         plan.reason = f"the output of Conv '{conv_label}' is also used by {shown}"
         return plan
-    if x in g.graph_outputs:
+    if x in g.outputs:
         plan.reason = f"the output of Conv '{conv_label}' is also a graph output"
         return plan
     if len(conv.input) < 2 or g.const(conv.input[1]) is None:
@@ -261,14 +210,14 @@ def _plan(g: _GraphIndex, i: int, summary: FoldSummary) -> _Plan:
 
 
 def _check_training_outputs(
-    g: _GraphIndex, bn: onnx.NodeProto, label: str, attrs: dict[str, object], summary: FoldSummary
+    g: GraphIndex, bn: onnx.NodeProto, label: str, attrs: dict[str, object], summary: FoldSummary
 ) -> None:
     """Refuse a training-mode BatchNormalization whose batch statistics are read; note unused ones."""
     extra = [o for o in bn.output[1:] if o]
     training = attrs.get("training_mode", 0) == 1 or attrs.get("is_test", 1) == 0
     used = [o for o in extra if g.uses[o] > 0]
     if used:
-        readers = sorted({g.label(j) for o in used for j in g.consumers.get(o, [])})
+        readers = sorted({g.label(j) for o in used for j in g.consumer_indices.get(o, [])})
         where = f"by {', '.join(readers)}" if readers else "as graph outputs"
         raise GraphError(
             f"BatchNormalization '{label}' is in training mode: its batch-statistics output(s) "
@@ -288,7 +237,7 @@ def _check_training_outputs(
 
 def _apply(
     graph: onnx.GraphProto,
-    g: _GraphIndex,
+    g: GraphIndex,
     plans: list[_Plan],
     summary: FoldSummary,
     types: dict[str, tuple[int, int | None]],
@@ -383,7 +332,7 @@ def _to_inference_mode(bn: onnx.NodeProto) -> None:
 
 
 def _put(
-    g: _GraphIndex,
+    g: GraphIndex,
     names: FreshNames,
     new_inits: list[onnx.TensorProto],
     name: str,
@@ -393,14 +342,14 @@ def _put(
     """Store ``value`` under ``name`` when only this Conv reads that initializer, else as a copy."""
     private = (
         name
-        and name in g.init
+        and name in g.initializers
         and g.uses[name] == 1
-        and name not in g.graph_inputs  # an initializer that is also an input can be overridden
-        and name not in g.graph_outputs
+        and name not in g.inputs  # an initializer that is also an input can be overridden
+        and name not in g.outputs
     )
     if private:
         t = numpy_helper.from_array(value, name)
-        g.init[name].CopyFrom(t)
+        g.initializers[name].CopyFrom(t)
         return name
     t = numpy_helper.from_array(value, names.new(base))
     new_inits.append(t)
@@ -411,7 +360,7 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
     """Drop initializers (and Constant/Identity chains) that the rewrite left without a reader."""
     uses: Counter[str] = Counter()
     for node in graph.node:
-        uses.update(_node_uses(node))
+        uses.update(node_uses(node))
     uses.update(vi.name for vi in graph.output)
     producer = {o: node for node in graph.node for o in node.output if o}
     dead_inits: set[str] = set()
@@ -430,7 +379,7 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
             node is not None
             and id(node) not in dead_nodes
             and node.op_type in ("Constant", "Identity")
-            and node.domain in _DEFAULT_DOMAINS
+            and node.domain in DEFAULT_DOMAINS
             and all(uses[o] == 0 for o in node.output)
         ):
             dead_nodes.add(id(node))
@@ -460,28 +409,7 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in _DEFAULT_DOMAINS
-
-
-def _node_uses(node: onnx.NodeProto) -> Iterator[str]:
-    """Tensor names a node reads, including those its subgraphs read from the outer scope."""
-    yield from (n for n in node.input if n)
-    for a in node.attribute:
-        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            for sn in sub.node:
-                yield from _node_uses(sn)
-            yield from (vi.name for vi in sub.output)
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-    return None
+    return node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS
 
 
 def _is_float(dtype: np.dtype) -> bool:
