@@ -278,7 +278,7 @@ STREAM_OPTIONS: dict[str, dict[str, Any]] = {
     "throughput, no batching": {"batch": 1},
     "throughput, 3 workers x 2, buffer 1": {"workers": 3, "batch": 2, "buffer": 1},
     "latency": {"mode": "latency"},  # the model's runner, the decoder preprocesses, 1 worker
-    "latency, 2 workers": {"mode": rt.StreamMode.LATENCY, "workers": 2},
+    "latency, 2 workers": {"mode": rt.Mode.LATENCY, "workers": 2},
 }
 
 

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +39,7 @@ import numpy as np
 from edge_resnet.backends.base import Artifact, Runner, get_backend
 from edge_resnet.bundle import Bundle, load_bundle
 from edge_resnet.errors import BackendError, BundleError, EdgeResnetError
-from edge_resnet.types import BackendName, Precision
+from edge_resnet.types import BackendName, Mode, Precision
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +106,6 @@ def speedup(ips: float, baseline_ips: float) -> float:
 
 
 # -------------------------------------------------------------------------------------------- executors
-
-
-class Mode(str, Enum):
-    LATENCY = "latency"
-    THROUGHPUT = "throughput"
-
-    @property
-    def hint(self) -> str:
-        """The performance hint the runner is loaded with (OpenVINO's PERFORMANCE_HINT)."""
-        return self.value
 
 
 @dataclass

@@ -37,9 +37,8 @@ from edge_resnet.postprocess import (
     model_kind,
     top_k_softmax,
 )
-from edge_resnet.runtime.plans import StreamMode
 from edge_resnet.runtime.sources import parse_order
-from edge_resnet.types import BackendName
+from edge_resnet.types import BackendName, Mode
 
 if TYPE_CHECKING:
     from edge_resnet.backends.base import Runner, ThroughputConfig
@@ -210,7 +209,7 @@ class Model:
     # ---- streams
 
     def stream(self, source: Any, top_k: int = 1, order: ChannelOrder | str | None = None, *,
-               mode: StreamMode | str = StreamMode.THROUGHPUT, max_frames: int | None = None,
+               mode: Mode | str = Mode.THROUGHPUT, max_frames: int | None = None,
                keep_frames: bool = False, buffer: int | None = None, batch: int | None = None,
                workers: int | None = None) -> Stream:
         """Results for every frame of ``source`` in frame order, pipelined (see edge_resnet.runtime.stream).

@@ -46,15 +46,15 @@ import numpy as np
 from edge_resnet.data.preprocess import ChannelOrder
 from edge_resnet.errors import DataError
 from edge_resnet.postprocess import Classification, ModelKind, check_top_k
-from edge_resnet.runtime.plans import StreamMode
 from edge_resnet.runtime.sources import FrameSource, open_source
+from edge_resnet.types import Mode
 
 if TYPE_CHECKING:
     from edge_resnet.runtime.model import Model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameResult", "Stream", "StreamMode"]
+__all__ = ["FrameResult", "Mode", "Stream"]
 
 POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
 JOIN_SECONDS = 5.0  # how long close() waits for the threads
@@ -290,11 +290,11 @@ def _positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def _mode(value: StreamMode | str) -> StreamMode:
+def _mode(value: Mode | str) -> Mode:
     try:
-        return StreamMode(getattr(value, "value", value))
+        return Mode(getattr(value, "value", value))
     except ValueError:
-        raise DataError(f"unknown stream mode {value!r}", f"use one of {[m.value for m in StreamMode]}") from None
+        raise DataError(f"unknown stream mode {value!r}", f"use one of {[m.value for m in Mode]}") from None
 
 
 class Stream(Iterator[FrameResult]):
@@ -311,7 +311,7 @@ class Stream(Iterator[FrameResult]):
     """
 
     def __init__(self, model: Model, source: Any, *, top_k: int = 1, order: ChannelOrder | str | None = None,
-                 mode: StreamMode | str = StreamMode.THROUGHPUT, max_frames: int | None = None,
+                 mode: Mode | str = Mode.THROUGHPUT, max_frames: int | None = None,
                  keep_frames: bool = False, buffer: int | None = None, batch: int | None = None,
                  workers: int | None = None) -> None:
         if model.kind is ModelKind.FEATURE_MAP:
@@ -320,7 +320,7 @@ class Stream(Iterator[FrameResult]):
         self.top_k = check_top_k(top_k)
         self.mode = _mode(mode)
         max_frames = None if max_frames is None else _positive("max_frames", max_frames)
-        plan = model.throughput_runner() if self.mode is StreamMode.THROUGHPUT else None
+        plan = model.throughput_runner() if self.mode is Mode.THROUGHPUT else None
         if plan is not None:
             runner, how = plan
             infer: Callable[[np.ndarray], np.ndarray] = runner.infer  # thread-safe runners
