@@ -4,8 +4,8 @@ What we rely on, and where it comes from:
 
 * ORT's QDQ transformers fuse DQ -> Conv -> Q into QLinearConv and DQ -> Add -> Q into QLinearAdd only when a
   QuantizeLinear directly follows the op. edge-resnet's u8s8 placement has those Q/DQ on op outputs, its s8s8
-  placement (op inputs only, for TensorRT) does not: measured on ORT 1.32, a u8s8 ResNet-18 gets 20 QLinearConv
-  and 8 QLinearAdd, an s8s8 one none. (The activation type alone is not the cause: a lone int8 DQ -> Conv -> Q
+  placement (op inputs only, for TensorRT) does not: a u8s8 ResNet gets QLinearConv and QLinearAdd, an s8s8
+  one none (counts in benchmarks/README.md). (The activation type alone is not the cause: a lone int8 DQ -> Conv -> Q
   does fuse, ORT on x86 turning it into uint8 itself.) That is why the ``onnxruntime`` profile is u8s8.
 * ``compile`` also saves ORT's optimized graph for inspection, at ORT_ENABLE_EXTENDED: above that level the
   NCHWc/NHWC layout transformers rewrite the graph for this machine's CPU, and ORT warns that such a saved model

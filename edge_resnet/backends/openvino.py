@@ -8,9 +8,8 @@ What we rely on, and where it comes from:
   ``compress_to_fp16`` defaults to True). INT8 and FP32 builds pass False; an INT8 IR must never have its
   weights squeezed through FP16, FP16 builds pass True.
 * The CPU plugin runs float parts of a model in bf16 on CPUs with native bf16 unless INFERENCE_PRECISION_HINT
-  says otherwise ("Precision Control" guide). Measured on this project's AMD EPYC (OPTIMIZATION_CAPABILITIES
-  lists BF16): a float ResNet compiles to ``brgconv_avx512_bf16`` by default, and an ``f16`` hint also ends up
-  bf16. So FP32 artifacts (the float baseline) set ``f32``; INT8 artifacts set the profile's fallback precision
+  says otherwise ("Precision Control" guide): on a CPU whose OPTIMIZATION_CAPABILITIES list BF16 a float
+  ResNet compiles to bf16 kernels by default, and an ``f16`` hint also ends up bf16. So FP32 artifacts (the float baseline) set ``f32``; INT8 artifacts set the profile's fallback precision
   for the layers outside Q/DQ. ``describe()`` reports what the device really chose.
 * The compiled model's runtime graph (``get_runtime_model()``) carries per-primitive rt_info: ``layerType``,
   ``runtimePrecision``, ``primitiveType``, ``outputPrecisions``, ``originalLayersNames``, ``execOrder``

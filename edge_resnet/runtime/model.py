@@ -133,7 +133,7 @@ class Model:
         order = self.order if order is None else parse_order(order)
         if len(items) == 1:
             # no batch array to copy into: allocating 0.6 MB before PIL's buffers made glibc hand those back
-            # to the OS after every call (about 1 ms of page faults per 224x224 frame, measured)
+            # to the OS after every call, and the page faults cost more than the copy (benchmarks/README.md)
             return self.prepare(items[0], order)[None]
         out = np.empty((len(items), *self.input_shape), dtype=np.float32)
         for i, frame in enumerate(items):

@@ -8,14 +8,13 @@ One thread decodes frames. ``workers`` threads each take the frames waiting for 
 ``batch``), preprocess them and run one inference on them; with one worker the decoding thread
 preprocesses too. The consumer's thread puts results back in frame order and postprocesses them.
 Throughput streams run one worker more than the parallel inferences of the backend's throughput
-configuration (edge_resnet.runtime.plans): on 2 cores, two single-threaded inferences at a time
+configuration (``Backend.throughput_config``): on 2 cores, two single-threaded inferences at a time
 while the third worker resizes its next batch and the decoder decodes (PIL, OpenCV and the backends
-release the GIL). On 2 cores (benchmarks/README.md), ResNet-50 INT8 at 128x128 from 640x480 MJPG:
-1.53x (OpenVINO) and 1.77x (ONNX Runtime) the frames/s of a sequential loop; in an A/B run, 3
-workers gave OpenVINO 1.56x where 2 gave 1.46x.
+release the GIL). The frames/s against a sequential loop, and the worker count that gives them, are
+in benchmarks/README.md (runtime_overhead.py).
 
 OpenVINO inference runs as synchronous requests on the worker threads, one InferRequest each: the
-parallelism of an AsyncInferQueue without its Python callback. With a callback, OpenVINO 2026.4 now
+parallelism of an AsyncInferQueue without its Python callback. With a callback, OpenVINO now
 and then aborted ("terminate called without an active exception") or hung the interpreter at exit
 (an executor thread waiting for the GIL while the CompiledModel is destroyed).
 
