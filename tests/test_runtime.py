@@ -27,7 +27,7 @@ import edge_resnet.runtime as rt
 from edge_resnet.data import ChannelOrder, load_digits_split
 from edge_resnet.errors import BackendError, BundleError, DataError
 from edge_resnet.postprocess import l2_normalize, top_k_softmax
-from edge_resnet.runtime.sources import SourceKind, open_source
+from edge_resnet.runtime.frame_sources import SourceKind, open_source
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
 needs_cv2 = pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="opencv not installed")

@@ -49,7 +49,7 @@ def list_sources(source: str) -> list[Path]:
 
 def count_frames(path: str) -> int:
     """Frames of a video, counted by grabbing each (container headers only estimate them)."""
-    from edge_resnet.runtime.sources import import_cv2
+    from edge_resnet.runtime.frame_sources import import_cv2
 
     cv2 = import_cv2()
     cap = cv2.VideoCapture(str(path))
@@ -65,7 +65,7 @@ def count_frames(path: str) -> int:
 
 
 def _video_frames(path: str, first: int, count: int) -> list[np.ndarray]:
-    from edge_resnet.runtime.sources import import_cv2
+    from edge_resnet.runtime.frame_sources import import_cv2
 
     cv2 = import_cv2()
     cap = cv2.VideoCapture(path)

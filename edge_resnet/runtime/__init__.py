@@ -9,8 +9,8 @@
         for r in results: ...
 """
 
+from edge_resnet.runtime.frame_sources import FrameSource, SourceKind, open_source
 from edge_resnet.runtime.model import Classification, Model, ModelKind, load
-from edge_resnet.runtime.sources import FrameSource, SourceKind, open_source
 from edge_resnet.runtime.stream import FrameResult, Stream
 from edge_resnet.types import Mode
 

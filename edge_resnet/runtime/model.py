@@ -37,7 +37,7 @@ from edge_resnet.postprocess import (
     model_kind,
     top_k_softmax,
 )
-from edge_resnet.runtime.sources import parse_order
+from edge_resnet.runtime.frame_sources import parse_order
 from edge_resnet.types import BackendName, Mode
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ import numpy as np
 from edge_resnet.data.preprocess import ChannelOrder
 from edge_resnet.errors import DataError
 from edge_resnet.postprocess import Classification, ModelKind, check_top_k
-from edge_resnet.runtime.sources import FrameSource, open_source
+from edge_resnet.runtime.frame_sources import FrameSource, open_source
 from edge_resnet.types import Mode
 
 if TYPE_CHECKING:
