@@ -25,7 +25,7 @@ from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
 from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.exclude import check_exclude
-from edge_resnet.quant.pipeline import CalibrationOptions, calibrate, options_dict, quantize_graph
+from edge_resnet.quant.ptq import CalibrationOptions, calibrate, options_dict, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, activation_scale
 from edge_resnet.targets import TargetProfile, get_target, resolve_weight_range
 from edge_resnet.types import Precision, QuantMode

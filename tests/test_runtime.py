@@ -165,7 +165,7 @@ def test_classify_equals_direct_artifact_inference(model: Any) -> None:
         assert r.scores == pytest.approx(row[list(r.indices)].tolist(), rel=1e-5)
         assert r.scores[0] >= r.scores[1] >= r.scores[2]
     # real digits, tinted (out of the training distribution): as accurate as the bundle's float model
-    from edge_resnet.quant.pipeline import run_onnx
+    from edge_resnet.quant.ptq import run_onnx
 
     reference = run_onnx(model.bundle.float_model(), np.stack([model.spec.apply(f, "bgr") for f in frames]))
     accuracy, float_accuracy = (np.mean([i == y for i, y in zip(top1, labels, strict=True)])

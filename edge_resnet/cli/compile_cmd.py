@@ -57,7 +57,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
     from edge_resnet.budget import DriftBudget, compile_with_budget
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
-    from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.ptq import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.types import Precision
 
     if (max_drop is None) != (val_source is None):
