@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_resnet.data import IMAGE_EXTENSIONS, LIST_EXTENSIONS, VIDEO_EXTENSIONS, load_image
-from edge_resnet.distributed.plan import FrameTable
+from edge_resnet.distributed.spans import FrameTable
 from edge_resnet.errors import DataError
 
 
