@@ -81,7 +81,7 @@ def _evaluate(bundle: Any, target: str, bench_seconds: float, progress: bool) ->
     from edge_resnet.validate import validate_bundle
 
     art = bundle.artifact
-    row = DemoRow(target, bundle.path, art.backend.value, art.info.get("runnable", True))
+    row = DemoRow(target, bundle.path, art.backend.value, art.runnable)
     if not row.runnable:
         row.note = art.info.get("how_to_build", "")
         return row

@@ -47,6 +47,12 @@ class Artifact:
     # "engine.json"}): declared at compile time, so the manifest names every path the bundle may hold
     device_build: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def runnable(self) -> bool:
+        """False when the artifact must be built on its device before it runs (a TensorRT bundle prepared on
+        a host without a GPU); the backend records it as ``info["runnable"]``, with ``reason`` and ``how_to_build``."""
+        return bool(self.info.get("runnable", True))
+
     def to_dict(self) -> dict[str, Any]:
         d = {"backend": self.backend.value, "precision": self.precision.value, "files": self.files, "info": self.info}
         if self.device_build:

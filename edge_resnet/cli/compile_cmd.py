@@ -106,7 +106,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
     if result.report is not None:
         click.echo(f"{result.report}")
     click.echo(f"target {b.profile.name} ({art.backend.value}, {b.profile.device}), {art.precision.value}")
-    if not art.info.get("runnable", True):
+    if not art.runnable:
         click.echo(f"engine not built here: {art.info.get('how_to_build')}")
     if result.validation is not None:
         from edge_resnet.cli.validate_cmd import format_table
