@@ -358,7 +358,7 @@ def timing_worker(name: str, float_path: str, calib_path: str, out: str, fmt: st
 
         from edge_resnet.graph.load import save_onnx
         from edge_resnet.quant.collect import collect_statistics
-        from edge_resnet.quant.pipeline import CalibrationOptions, quantize_graph
+        from edge_resnet.quant.ptq import CalibrationOptions, quantize_graph
         from edge_resnet.quant.qdq import QuantConfig, required_tensors
         from edge_resnet.types import ActivationFormat
 

@@ -142,7 +142,7 @@ def run_ours(float_path: str, calib: np.ndarray, method: str, out: str) -> float
     from edge_resnet.backends.base import get_backend
     from edge_resnet.graph.load import save_onnx
     from edge_resnet.quant.collect import collect_statistics
-    from edge_resnet.quant.pipeline import CalibrationOptions, quantize_graph
+    from edge_resnet.quant.ptq import CalibrationOptions, quantize_graph
     from edge_resnet.quant.qdq import QuantConfig
     from edge_resnet.targets import get_target
 
@@ -172,7 +172,7 @@ def run_modelopt(python: str, float_path: str, calib_path: str, method: str, out
 
 
 def fidelity(float_path: str, q_path: str, x: np.ndarray, y: np.ndarray) -> dict:
-    from edge_resnet.quant.pipeline import run_onnx
+    from edge_resnet.quant.ptq import run_onnx
 
     ref, out = run_onnx(float_path, x), run_onnx(q_path, x)
     cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))

@@ -38,7 +38,7 @@ def _ours(method: str, float_path: str, calib: np.ndarray, out: str, fmt: str) -
 
     from edge_resnet.graph.load import save_onnx
     from edge_resnet.quant.collect import collect_statistics
-    from edge_resnet.quant.pipeline import CalibrationOptions, quantize_graph
+    from edge_resnet.quant.ptq import CalibrationOptions, quantize_graph
     from edge_resnet.quant.qdq import QuantConfig, required_tensors
     from edge_resnet.types import ActivationFormat
 
@@ -110,7 +110,7 @@ def _vm_hwm_mb() -> float:
 
 
 def fidelity(float_path: str, q_path: str, x: np.ndarray, y: np.ndarray) -> dict:
-    from edge_resnet.quant.pipeline import run_onnx
+    from edge_resnet.quant.ptq import run_onnx
 
     ref, out = run_onnx(float_path, x), run_onnx(q_path, x)
     cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))

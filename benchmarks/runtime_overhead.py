@@ -161,7 +161,7 @@ def ceiling(model: Any, video: Path, batch: int, sequential_fps: float) -> tuple
     single-threaded, in batches of ``batch``)."""
     import cv2
 
-    from edge_resnet.runtime.plans import available_cores
+    from edge_resnet.host_cpu import available_cores
 
     frames: list[np.ndarray] = []
 

@@ -317,7 +317,7 @@ class Bundle:
 
         art = self.artifact
         # a device-built artifact (artifact.device_build) is found and checked by its backend
-        if not art.info.get("runnable", True) and not art.device_build:
+        if not art.runnable and not art.device_build:
             raise BundleError(
                 f"the {art.backend.value} artifact in {self.path} has not been built on this machine "
                 f"({art.info.get('reason', 'prepared for another device')})",

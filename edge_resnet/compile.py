@@ -25,7 +25,7 @@ from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
 from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.exclude import check_exclude
-from edge_resnet.quant.pipeline import CalibrationOptions, options_dict, quantize_graph
+from edge_resnet.quant.ptq import CalibrationOptions, calibrate, options_dict, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, activation_scale
 from edge_resnet.targets import TargetProfile, get_target, resolve_weight_range
 from edge_resnet.types import Precision, QuantMode
@@ -206,9 +206,7 @@ def calibrate_for(fg: FloatGraph, profile: TargetProfile, spec: PreprocessSpec, 
         stats = collect_statistics_on_ray(fg.model, tensors, data, bs, options.ray, progress=options.progress,
                                           bias_correction=options.calibration.bias_correction)
     else:
-        stats = collect_statistics(fg.model, tensors, (b.x for b in data.batches(bs)), total_images=len(data),
-                                   threads=options.calibration.threads, progress=options.progress,
-                                   bias_correction=options.calibration.bias_correction)
+        stats = calibrate(fg.model, data, options=options.calibration, progress=options.progress, tensors=tensors)
     record = {"source": sample.source, **sample.record(), "random": False, "count": stats.images, "seed": sample.seed,
               "skipped": data.skipped, "description": data.description, "class_names": data.class_names}
     return stats, record

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_resnet.bench.latency import BenchOptions, Plan
+from edge_resnet.bench.latency import BenchOptions, Schedule
 from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
 from edge_resnet.data import DIGITS_CLASS_NAMES, open_dataset
 from edge_resnet.train import DigitsRecipe, train_digits
@@ -81,13 +81,13 @@ def _evaluate(bundle: Any, target: str, bench_seconds: float, progress: bool) ->
     from edge_resnet.validate import validate_bundle
 
     art = bundle.artifact
-    row = DemoRow(target, bundle.path, art.backend.value, art.info.get("runnable", True))
+    row = DemoRow(target, bundle.path, art.backend.value, art.runnable)
     if not row.runnable:
         row.note = art.info.get("how_to_build", "")
         return row
     data = open_dataset("digits:test", bundle.spec)
     validation = validate_bundle(bundle, data, progress=progress).to_json()
-    bench = benchmark(bundle.path, BenchOptions(batches=(1, 8), plan=Plan(duration_s=bench_seconds), compare="fp32"))
+    bench = benchmark(bundle.path, BenchOptions(batches=(1, 8), schedule=Schedule(duration_s=bench_seconds), compare="fp32"))
     (bundle.path.parent / f"{target}.validation.json").write_text(json.dumps(validation, indent=2))
     (bundle.path.parent / f"{target}.bench.json").write_text(json.dumps(bench, indent=2))
     row.report = write_report(bundle.path.parent / f"{target}.report.html", bundle.manifest, validation, bench)

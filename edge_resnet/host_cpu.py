@@ -11,6 +11,7 @@ AVX-VNNI and AMX accumulate in int32 and need no such care; neither do ARM (``sd
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import cache
 from pathlib import Path
@@ -48,3 +49,11 @@ def host_saturates_int8() -> bool:
     except OSError:
         flags = None
     return saturates_int8(platform.machine(), flags or None)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

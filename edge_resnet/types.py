@@ -31,6 +31,23 @@ class BackendName(str, Enum):
     TENSORRT = "tensorrt"
 
 
+class Mode(str, Enum):
+    """How a model is run: for the quickest single result, or for the most results per second.
+
+    LATENCY: one inference at a time spread over all cores (the model's own runner). THROUGHPUT: the
+    backend's throughput configuration (``Backend.throughput_config``), several inferences at once.
+    A stream and the benchmark both take one.
+    """
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+
+    @property
+    def hint(self) -> str:
+        """The performance hint the runner is loaded with (OpenVINO's PERFORMANCE_HINT)."""
+        return self.value
+
+
 class QuantMode(str, Enum):
     """EXPLICIT: a Q/DQ graph. IMPLICIT: float graph + TensorRT calibration cache (TensorRT < 10)."""
 

@@ -117,7 +117,7 @@ def r18_qdq_files(digits: Digits, tmp_path_factory, fmt, n_test: int = 256, thre
     The weights get the range a CPU target's compile gives on this host (7-bit without VNNI): these
     graphs are run by the CPU backends here."""
     from edge_resnet.data import open_dataset
-    from edge_resnet.quant.pipeline import quantize, run_onnx
+    from edge_resnet.quant.ptq import quantize, run_onnx
 
     qg = quantize(digits.float_graph, open_dataset("digits:train", digits.spec, count=256), cpu_config(fmt), progress=False)
     d = tmp_path_factory.mktemp(f"r18-{fmt.value}")
@@ -131,7 +131,7 @@ def r18_qdq_files(digits: Digits, tmp_path_factory, fmt, n_test: int = 256, thre
 def r50_qdq_files(tmp_path_factory, fmt) -> dict:
     """The random ResNet-50, quantized in ``fmt`` (fusion and coverage do not depend on training)."""
     from edge_resnet.data import PreprocessSpec, open_dataset
-    from edge_resnet.quant.pipeline import quantize
+    from edge_resnet.quant.ptq import quantize
 
     data = open_dataset("digits:train", PreprocessSpec(input_size=64, resize=64), count=32)
     d = tmp_path_factory.mktemp(f"r50-{fmt.value}")

@@ -21,7 +21,7 @@ from edge_resnet.bench import (
     BenchOptions,
     LatencyStats,
     Mode,
-    Plan,
+    Schedule,
     Subject,
     benchmark,
     cap_samples,
@@ -102,9 +102,9 @@ def test_softmax_topk_against_numpy() -> None:
 
 def test_plan_and_batch_options() -> None:
     with pytest.raises(EdgeResnetError, match="--iters or --time"):
-        Plan(iterations=10, duration_s=1.0)
-    assert Plan(iterations=25, rounds=10).block_size(1.0) == 3
-    assert Plan(duration_s=1.0, rounds=10).block_size(0.01) == 10
+        Schedule(iterations=10, duration_s=1.0)
+    assert Schedule(iterations=25, rounds=10).block_size(1.0) == 3
+    assert Schedule(duration_s=1.0, rounds=10).block_size(0.01) == 10
     assert parse_batches(None, None, "1, 8,32") == (1, 8, 32)
     for bad in ("1,x", "0", ""):
         with pytest.raises(Exception, match="batch|integers"):
@@ -161,8 +161,8 @@ def _subjects(clock: FakeClock, calls: list[str], runners: list[FakeRunner], loa
 
 def test_iterations_warmup_and_interleaving() -> None:
     clock, calls, runners = FakeClock(), [], []
-    plan = Plan(iterations=20, warmup=3, rounds=4)  # blocks of 5
-    (a, _), (b, _) = measure_batch(_subjects(clock, calls, runners), 4, plan, clock=clock)
+    schedule = Schedule(iterations=20, warmup=3, rounds=4)  # blocks of 5
+    (a, _), (b, _) = measure_batch(_subjects(clock, calls, runners), 4, schedule, clock=clock)
     # load + first inference each, then warm-up each, then blocks A, B, A, B, ...
     assert calls == ["A", "B"] + ["A"] * 3 + ["B"] * 3 + (["A"] * 5 + ["B"] * 5) * 4
     assert a.iterations == b.iterations == 20 and len(a.samples_ms) == 20  # warm-up excluded
@@ -176,8 +176,8 @@ def test_iterations_warmup_and_interleaving() -> None:
 
 def test_timed_run_interleaves_until_each_has_its_time() -> None:
     clock, calls, runners = FakeClock(), [], []
-    plan = Plan(duration_s=0.125, warmup=2, rounds=4)  # blocks of 1/32 s: 16 calls of A, 4 of B
-    (a, _), (b, _) = measure_batch(_subjects(clock, calls, runners), 1, plan, clock=clock)
+    schedule = Schedule(duration_s=0.125, warmup=2, rounds=4)  # blocks of 1/32 s: 16 calls of A, 4 of B
+    (a, _), (b, _) = measure_batch(_subjects(clock, calls, runners), 1, schedule, clock=clock)
     assert a.iterations == 64 and b.iterations == 16
     assert calls[2 + 4:] == (["A"] * 16 + ["B"] * 4) * 4
     assert sum(a.samples_ms) == sum(b.samples_ms) == 125.0
@@ -185,14 +185,14 @@ def test_timed_run_interleaves_until_each_has_its_time() -> None:
 
 def test_timed_run_does_at_least_the_minimum_iterations() -> None:
     clock, calls, runners = FakeClock(), [], []
-    (a, _), (b, _) = measure_batch(_subjects(clock, calls, runners), 1, Plan(duration_s=0.001, warmup=0), clock=clock)
+    (a, _), (b, _) = measure_batch(_subjects(clock, calls, runners), 1, Schedule(duration_s=0.001, warmup=0), clock=clock)
     assert a.iterations >= 10 and b.iterations >= 10
 
 
 def test_throughput_mode_without_async_queue_runs_sync(caplog: pytest.LogCaptureFixture) -> None:
     clock, calls, runners = FakeClock(), [], []
     with caplog.at_level(logging.WARNING):
-        (a, _), _ = measure_batch(_subjects(clock, calls, runners), 2, Plan(iterations=5, warmup=1),
+        (a, _), _ = measure_batch(_subjects(clock, calls, runners), 2, Schedule(iterations=5, warmup=1),
                                   Mode.THROUGHPUT, clock=clock)
     assert a.requests == "sync" and "synchronous" in caplog.text
 
@@ -200,7 +200,7 @@ def test_throughput_mode_without_async_queue_runs_sync(caplog: pytest.LogCapture
 def test_batch_above_the_artifact_range_is_refused_and_runners_closed() -> None:
     clock, calls, runners = FakeClock(), [], []
     with pytest.raises(BackendError, match="largest batch 8"):
-        measure_batch(_subjects(clock, calls, runners, max_batch=8), 16, Plan(iterations=5), clock=clock)
+        measure_batch(_subjects(clock, calls, runners, max_batch=8), 16, Schedule(iterations=5), clock=clock)
     assert runners and all(r.closed for r in runners)
 
 
@@ -279,7 +279,7 @@ def test_openvino_throughput_mode_uses_async_requests(bundles: dict[str, Path]) 
 
 def _options(mode: Mode = Mode.LATENCY, batches: tuple[int, ...] = (1,), iters: int = 10,
              compare: str | None = None) -> BenchOptions:
-    return BenchOptions(batches, Plan(iterations=iters, warmup=2), None, mode, compare)
+    return BenchOptions(batches, Schedule(iterations=iters, warmup=2), None, mode, compare)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.quant.bias_correction import BiasStats, ChannelHistogram, LayerGeometry, WindowMean
 from edge_resnet.quant.collect import collect_statistics
-from edge_resnet.quant.pipeline import CalibrationOptions, quantize_graph
+from edge_resnet.quant.ptq import CalibrationOptions, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, required_tensors
 from edge_resnet.types import ActivationFormat
 

@@ -89,7 +89,7 @@ def test_budget_met_at_first_keeps_nothing_float(digits_r18, tmp_path):
 def test_outlier_layer_is_found_and_kept_float(digits_r18, outlier_ckpt, tmp_path):
     from edge_resnet.graph.export import export_float_graph
     from edge_resnet.models import build_model, load_weights
-    from edge_resnet.quant.pipeline import run_onnx
+    from edge_resnet.quant.ptq import run_onnx
 
     # the edit leaves the float model's function (and accuracy) unchanged
     x, y = digits_r18.arrays("test")

@@ -13,7 +13,7 @@ from conftest import cosine, cpu_config
 from edge_resnet.data import open_dataset
 from edge_resnet.graph.export import export_float_graph
 from edge_resnet.models import build_model
-from edge_resnet.quant.pipeline import CalibrationOptions, calibrate, quantize, quantize_graph, run_onnx
+from edge_resnet.quant.ptq import CalibrationOptions, calibrate, quantize, quantize_graph, run_onnx
 from edge_resnet.quant.qdq import QuantConfig, count_int8_ops, insert_qdq, quantize_weights
 from edge_resnet.types import ActivationFormat
 

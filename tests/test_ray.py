@@ -100,7 +100,7 @@ def test_compile_calibration_on_ray_gives_the_local_statistics_and_qdq_graph(
     from edge_resnet.distributed.cluster import RayOptions
     from edge_resnet.graph.load import load_onnx
     from edge_resnet.graph.prepare import prepare_float_graph
-    from edge_resnet.quant.pipeline import quantize_graph
+    from edge_resnet.quant.ptq import quantize_graph
     from edge_resnet.targets import get_target
 
     bundle = bundle_of(request, "onnxruntime")

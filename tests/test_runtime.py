@@ -27,7 +27,7 @@ import edge_resnet.runtime as rt
 from edge_resnet.data import ChannelOrder, load_digits_split
 from edge_resnet.errors import BackendError, BundleError, DataError
 from edge_resnet.postprocess import l2_normalize, top_k_softmax
-from edge_resnet.runtime.sources import SourceKind, open_source
+from edge_resnet.runtime.frame_sources import SourceKind, open_source
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
 needs_cv2 = pytest.mark.skipif(importlib.util.find_spec("cv2") is None, reason="opencv not installed")
@@ -165,7 +165,7 @@ def test_classify_equals_direct_artifact_inference(model: Any) -> None:
         assert r.scores == pytest.approx(row[list(r.indices)].tolist(), rel=1e-5)
         assert r.scores[0] >= r.scores[1] >= r.scores[2]
     # real digits, tinted (out of the training distribution): as accurate as the bundle's float model
-    from edge_resnet.quant.pipeline import run_onnx
+    from edge_resnet.quant.ptq import run_onnx
 
     reference = run_onnx(model.bundle.float_model(), np.stack([model.spec.apply(f, "bgr") for f in frames]))
     accuracy, float_accuracy = (np.mean([i == y for i, y in zip(top1, labels, strict=True)])
@@ -302,7 +302,7 @@ STREAM_OPTIONS: dict[str, dict[str, Any]] = {
     "throughput, no batching": {"batch": 1},
     "throughput, 3 workers x 2, buffer 1": {"workers": 3, "batch": 2, "buffer": 1},
     "latency": {"mode": "latency"},  # the model's runner, the decoder preprocesses, 1 worker
-    "latency, 2 workers": {"mode": rt.StreamMode.LATENCY, "workers": 2},
+    "latency, 2 workers": {"mode": rt.Mode.LATENCY, "workers": 2},
 }
 
 
@@ -323,10 +323,10 @@ def test_stream_gives_the_classify_results_in_frame_order(model: Any, options: s
 @pytest.mark.slow
 def test_throughput_streams_run_the_backends_throughput_configuration(request: pytest.FixtureRequest,
                                                                        model: Any) -> None:
-    from edge_resnet.runtime.plans import PLANS
+    from edge_resnet.backends.base import get_backend
 
     runner, plan = model.throughput_runner()
-    assert plan is PLANS[model.backend] and runner is not model.runner
+    assert plan == get_backend(model.backend).throughput_config() and runner is not model.runner
     assert model.throughput_runner()[0] is runner  # loaded once, kept for later streams
     info = runner.describe()
     if model.backend.value == "openvino":
@@ -336,7 +336,7 @@ def test_throughput_streams_run_the_backends_throughput_configuration(request: p
         assert model.runner.describe()["intra_op_num_threads"] is None and info["intra_op_num_threads"] == 1
     frames, _ = digit_frames(4)
     with model.stream(frames) as s:
-        assert (s.workers, s.batch) == (plan.parallel(runner) + 1, 4)
+        assert (s.workers, s.batch) == (runner.parallel_requests() + 1, 4)
         assert s.max_in_flight == 2 * s.workers * s.batch
     with model.stream(frames, mode="latency") as s:
         assert (s.workers, s.batch, s.max_in_flight) == (1, 1, 2)

@@ -73,7 +73,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray, level: str) -> np.ndarray:
 
 def _qdq(digits, weight_range: WeightRange) -> onnx.ModelProto:
     from edge_resnet.data import open_dataset
-    from edge_resnet.quant.pipeline import quantize
+    from edge_resnet.quant.ptq import quantize
 
     data = open_dataset("digits:train", digits.spec, count=128)
     return quantize(digits.float_graph, data, QuantConfig(ActivationFormat.U8S8, weight_range=weight_range),

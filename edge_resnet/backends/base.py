@@ -48,6 +48,12 @@ class Artifact:
     # "engine.json"}): declared at compile time, so the manifest names every path the bundle may hold
     device_build: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def runnable(self) -> bool:
+        """False when the artifact must be built on its device before it runs (a TensorRT bundle prepared on
+        a host without a GPU); the backend records it as ``info["runnable"]``, with ``reason`` and ``how_to_build``."""
+        return bool(self.info.get("runnable", True))
+
     def to_dict(self) -> dict[str, Any]:
         d = {"backend": self.backend.value, "precision": self.precision.value, "files": self.files, "info": self.info}
         if self.device_build:
@@ -122,7 +128,9 @@ class Runner(ABC):
     ``min_batch``/``max_batch`` (a static-batch artifact pads smaller chunks up to ``min_batch`` in
     ``infer_impl``; ``max_batch`` None: unbounded), ``thread_safe`` (may ``infer`` be called from
     several threads at once), ``describe()`` and ``optimal_requests()`` (parallel requests that keep
-    the device busy, for throughput runs).
+    the device busy, for throughput runs). Backends with a throughput configuration
+    (:meth:`Backend.throughput_config`) also say whether a runner was loaded in it
+    (``throughput_configured()``) and how many inferences to run on it at once (``parallel_requests()``).
     """
 
     input_name: str = "input"
@@ -172,6 +180,14 @@ class Runner(ABC):
     def optimal_requests(self) -> int:
         return 1
 
+    def parallel_requests(self) -> int:
+        """Inferences to run at once on this runner in its backend's throughput configuration."""
+        return max(1, int(self.optimal_requests()))
+
+    def throughput_configured(self) -> bool:
+        """True when this runner was loaded with its backend's throughput configuration already."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -180,6 +196,21 @@ class Runner(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """How a backend runs many frames at once (a stream): the ``load`` options of its throughput
+    configuration and the most frames one inference call takes (only frames already waiting are batched).
+
+    On a CPU one inference spread over all cores (the latency configuration ``load`` gives by default)
+    costs more CPU per frame than one single-threaded inference per core, because the cores synchronise
+    inside every layer (figures: benchmarks/README.md). Results do not change between the two
+    configurations; the runtime tests check it (stream results == classify results, scores exact).
+    """
+
+    load_options: dict[str, Any]  # for Bundle.load_runner
+    batch: int = 4
 
 
 # options every backend's ``load`` takes (a backend without the notion ignores it): callers such as the
@@ -194,6 +225,11 @@ class Backend(ABC):
     # (None: not declared, nothing checked)
     load_options: frozenset[str] | None = None
     takes_frames: bool = False  # load(..., frame_input=FrameInput(...)) gives a runner taking uint8 frames
+
+    def throughput_config(self) -> ThroughputConfig | None:
+        """This backend's throughput configuration; None (the default): streams use the model's own
+        runner, one frame at a time (TensorRT: one GPU, and its kernels may depend on the batch size)."""
+        return None
 
     def available(self) -> bool:
         """True when the backend's library can be imported here (without importing it)."""

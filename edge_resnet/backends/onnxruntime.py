@@ -4,8 +4,8 @@ What we rely on, and where it comes from:
 
 * ORT's QDQ transformers fuse DQ -> Conv -> Q into QLinearConv and DQ -> Add -> Q into QLinearAdd only when a
   QuantizeLinear directly follows the op. edge-resnet's u8s8 placement has those Q/DQ on op outputs, its s8s8
-  placement (op inputs only, for TensorRT) does not: measured on ORT 1.32, a u8s8 ResNet-18 gets 20 QLinearConv
-  and 8 QLinearAdd, an s8s8 one none. (The activation type alone is not the cause: a lone int8 DQ -> Conv -> Q
+  placement (op inputs only, for TensorRT) does not: a u8s8 ResNet gets QLinearConv and QLinearAdd, an s8s8
+  one none (counts in benchmarks/README.md). (The activation type alone is not the cause: a lone int8 DQ -> Conv -> Q
   does fuse, ORT on x86 turning it into uint8 itself.) That is why the ``onnxruntime`` profile is u8s8.
 * ``compile`` also saves ORT's optimized graph for inspection, at ORT_ENABLE_EXTENDED: above that level the
   NCHWc/NHWC layout transformers rewrite the graph for this machine's CPU, and ORT warns that such a saved model
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,9 +33,10 @@ from edge_resnet.backends.base import (
     Backend,
     FrameInput,
     Runner,
+    ThroughputConfig,
     import_library,
-    read_onnx_structure,
 )
+from edge_resnet.backends.onnx_facts import OnnxFacts, inspect_onnx
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.targets import TargetProfile
@@ -64,25 +64,6 @@ def _first_line(exc: BaseException) -> str:
 # -------------------------------------------------------------------------------------------------- ONNX
 
 
-@dataclass(frozen=True)
-class OnnxFacts:
-    input_name: str
-    has_qdq: bool
-    activation_dtypes: frozenset[str]  # element types of the activation QuantizeLinear outputs: "uint8"/"int8"
-    uses_external_data: bool
-
-
-def _quantize_dtype(node: Any, inits: dict[str, Any]) -> str | None:
-    """uint8/int8 from a QuantizeLinear's zero point (its output type); None when not an initializer."""
-    from onnx import helper
-
-    if len(node.input) < 3 or not node.input[2]:
-        return "uint8"  # the ONNX default without a zero point
-    if node.input[2] not in inits:
-        return None
-    return str(np.dtype(helper.tensor_dtype_to_np_dtype(inits[node.input[2]].data_type)))
-
-
 # element type of the activation QuantizeLinear outputs -> the activation format it means
 _FORMAT_OF_DTYPE: dict[str, ActivationFormat] = {"uint8": ActivationFormat.U8S8, "int8": ActivationFormat.S8S8}
 
@@ -91,21 +72,6 @@ def activation_format_of(facts: OnnxFacts) -> str | None:
     """The graph's activation format ("u8s8"/"s8s8"), "mixed", or None for a float graph."""
     formats = {_FORMAT_OF_DTYPE[d].value for d in facts.activation_dtypes if d in _FORMAT_OF_DTYPE}
     return formats.pop() if len(formats) == 1 else ("mixed" if formats else None)
-
-
-def inspect_onnx(onnx_path: Path) -> OnnxFacts:
-    from onnx.external_data_helper import uses_external_data
-
-    model = read_onnx_structure(onnx_path)
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise BackendError(f"{onnx_path} has {len(inputs)} inputs; the ONNX Runtime backend expects one image input")
-    quants = [n for n in graph.node if n.op_type == "QuantizeLinear"]
-    dtypes = frozenset(d for d in (_quantize_dtype(n, inits) for n in quants) if d)
-    external = any(uses_external_data(t) for t in graph.initializer)
-    return OnnxFacts(inputs[0], bool(quants), dtypes, external)
 
 
 _PRECISION_CHECKS: dict[Precision, tuple[bool | None, str, str]] = {
@@ -218,6 +184,15 @@ class OnnxRuntimeRunner(Runner):
             "graph_optimization_level": "ORT_ENABLE_ALL",
         }
 
+    def parallel_requests(self) -> int:
+        """One single-threaded inference per core this process may run on."""
+        from edge_resnet.host_cpu import available_cores
+
+        return available_cores()
+
+    def throughput_configured(self) -> bool:
+        return self.threads == 1
+
     def close(self) -> None:
         self.session = None
 
@@ -272,11 +247,15 @@ class OnnxRuntimeBackend(Backend):
     load_options = frozenset({"frame_input"})  # and threads (intra-op); a performance hint is ignored
     takes_frames = True
 
+    def throughput_config(self) -> ThroughputConfig:
+        """Sessions of one thread, one per core (``run`` may be called from several threads at once)."""
+        return ThroughputConfig({"threads": 1})
+
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """Copy the model into ``out_dir`` and save ORT's portable optimized graph next to it, for inspection."""
         ort = import_onnxruntime()
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-        facts = inspect_onnx(onnx_path)
+        facts = inspect_onnx(onnx_path, "ONNX Runtime")
         check_precision(facts, precision, onnx_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         model_path = out_dir / MODEL_FILE

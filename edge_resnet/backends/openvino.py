@@ -8,9 +8,8 @@ What we rely on, and where it comes from:
   ``compress_to_fp16`` defaults to True). INT8 and FP32 builds pass False; an INT8 IR must never have its
   weights squeezed through FP16, FP16 builds pass True.
 * The CPU plugin runs float parts of a model in bf16 on CPUs with native bf16 unless INFERENCE_PRECISION_HINT
-  says otherwise ("Precision Control" guide). Measured on this project's AMD EPYC (OPTIMIZATION_CAPABILITIES
-  lists BF16): a float ResNet compiles to ``brgconv_avx512_bf16`` by default, and an ``f16`` hint also ends up
-  bf16. So FP32 artifacts (the float baseline) set ``f32``; INT8 artifacts set the profile's fallback precision
+  says otherwise ("Precision Control" guide): on a CPU whose OPTIMIZATION_CAPABILITIES list BF16 a float
+  ResNet compiles to bf16 kernels by default, and an ``f16`` hint also ends up bf16. So FP32 artifacts (the float baseline) set ``f32``; INT8 artifacts set the profile's fallback precision
   for the layers outside Q/DQ. ``describe()`` reports what the device really chose.
 * The compiled model's runtime graph (``get_runtime_model()``) carries per-primitive rt_info: ``layerType``,
   ``runtimePrecision``, ``primitiveType``, ``outputPrecisions``, ``originalLayersNames``, ``execOrder``
@@ -39,9 +38,10 @@ from edge_resnet.backends.base import (
     Backend,
     FrameInput,
     Runner,
+    ThroughputConfig,
     import_library,
-    read_onnx_structure,
 )
+from edge_resnet.backends.onnx_facts import OnnxFacts, inspect_onnx
 from edge_resnet.bundle import confined
 from edge_resnet.errors import BackendError
 from edge_resnet.interrupts import deferred_interrupt
@@ -121,24 +121,6 @@ def require_device(core: Any, device: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- ONNX
-
-
-@dataclass(frozen=True)
-class OnnxFacts:
-    input_name: str
-    has_qdq: bool
-
-
-def inspect_onnx(onnx_path: Path) -> OnnxFacts:
-    """Read the ONNX (no weights) before OpenVINO does: its errors for a bad file are obscure."""
-
-    model = read_onnx_structure(onnx_path)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise BackendError(f"{onnx_path} has {len(inputs)} inputs; the OpenVINO backend expects one image input")
-    has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    return OnnxFacts(inputs[0], has_qdq)
 
 
 def check_precision(facts: OnnxFacts, precision: Precision, onnx_path: Path) -> None:
@@ -354,6 +336,9 @@ class OpenVINORunner(Runner):
         except Exception:
             return 1
 
+    def throughput_configured(self) -> bool:
+        return str(self.settings.performance_hint).lower() == "throughput"
+
     # ---- introspection
 
     def _property(self, name: str) -> Any:
@@ -454,6 +439,10 @@ class OpenVINOBackend(Backend):
     load_options = frozenset({"inference_precision", "frame_input"})
     takes_frames = True
 
+    def throughput_config(self) -> ThroughputConfig:
+        """OpenVINO's THROUGHPUT hint and its number of requests, as ``benchmark_app`` runs it."""
+        return ThroughputConfig({"hint": "throughput"})
+
     def compile(self, onnx_path: Path, profile: TargetProfile, out_dir: Path, precision: Precision) -> Artifact:
         """ONNX -> IR in ``out_dir``; the int8 coverage is measured when the profile's device is present.
 
@@ -462,7 +451,7 @@ class OpenVINOBackend(Backend):
         ov = import_openvino()
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         check_device_name(profile.device)
-        facts = inspect_onnx(onnx_path)
+        facts = inspect_onnx(onnx_path, "OpenVINO")
         check_precision(facts, precision, onnx_path)
         with deferred_interrupt("the OpenVINO conversion"):
             model = convert(ov, onnx_path, profile.batch)

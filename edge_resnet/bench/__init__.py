@@ -8,13 +8,14 @@ and the camera pipeline per stage. ``benchmark()`` returns the JSON that ``edge-
      "pipeline": {"stages_ms": {"decode","preprocess","infer","postprocess"}, "fps"} | null}
 """
 
+from edge_resnet.bench.camera_path import PipelineResult, bundle_pipeline, run_pipeline, softmax_topk
 from edge_resnet.bench.latency import (
     COMPARISONS,
     BenchOptions,
     LatencyStats,
     Measurement,
     Mode,
-    Plan,
+    Schedule,
     Subject,
     benchmark,
     cap_samples,
@@ -25,7 +26,6 @@ from edge_resnet.bench.latency import (
     speedup,
     throughput,
 )
-from edge_resnet.bench.pipeline import PipelineResult, bundle_pipeline, run_pipeline, softmax_topk
 
 __all__ = [
     "COMPARISONS",
@@ -34,7 +34,7 @@ __all__ = [
     "Measurement",
     "Mode",
     "PipelineResult",
-    "Plan",
+    "Schedule",
     "Subject",
     "benchmark",
     "bundle_pipeline",

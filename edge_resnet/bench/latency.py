@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +39,7 @@ import numpy as np
 from edge_resnet.backends.base import Artifact, Runner, get_backend
 from edge_resnet.bundle import Bundle, load_bundle
 from edge_resnet.errors import BackendError, BundleError, EdgeResnetError
-from edge_resnet.types import BackendName, Precision
+from edge_resnet.types import BackendName, Mode, Precision
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +106,6 @@ def speedup(ips: float, baseline_ips: float) -> float:
 
 
 # -------------------------------------------------------------------------------------------- executors
-
-
-class Mode(str, Enum):
-    LATENCY = "latency"
-    THROUGHPUT = "throughput"
-
-    @property
-    def hint(self) -> str:
-        """The performance hint the runner is loaded with (OpenVINO's PERFORMANCE_HINT)."""
-        return self.value
 
 
 @dataclass
@@ -207,11 +196,11 @@ def make_executor(mode: Mode, backend: BackendName, runner: Runner, clock: Clock
     return factory(runner, clock) if factory else SyncExecutor(runner, clock)
 
 
-# ------------------------------------------------------------------------------------------------ plan
+# -------------------------------------------------------------------------------------------- schedule
 
 
 @dataclass(frozen=True)
-class Plan:
+class Schedule:
     """How long to measure each subject at each batch size: ``iterations``, or ``duration_s`` of wall time
     (at least ``min_iterations``). Each subject's iterations are split into ``rounds`` blocks."""
 
@@ -360,25 +349,25 @@ def _loaded(subjects: Sequence[Subject], batch: int, mode: Mode, options: dict[s
             run.runner.close()
 
 
-def measure_batch(subjects: Sequence[Subject], batch: int, plan: Plan, mode: Mode = Mode.LATENCY,
+def measure_batch(subjects: Sequence[Subject], batch: int, schedule: Schedule, mode: Mode = Mode.LATENCY,
                   options: dict[str, Any] | None = None,
                   clock: Clock = time.perf_counter) -> list[tuple[Measurement, dict[str, Any]]]:
     """Measure every subject at one batch size, interleaving their blocks; (measurement, runtime) each."""
     with _loaded(subjects, batch, mode, dict(options or {}), clock) as (runs, x):
         for run in runs:  # warm-up: discarded
             first = run.load_s
-            if plan.warmup:
-                warm = run.executor.run(x, plan.warmup)
-                first = warm.wall_s / plan.warmup
-            run.block = plan.block_size(first)
-        _interleave(runs, x, plan)
+            if schedule.warmup:
+                warm = run.executor.run(x, schedule.warmup)
+                first = warm.wall_s / schedule.warmup
+            run.block = schedule.block_size(first)
+        _interleave(runs, x, schedule)
         return [(run.measurement(batch), run.describe) for run in runs]
 
 
-def _interleave(runs: Sequence[_Run], x: np.ndarray, plan: Plan) -> None:
+def _interleave(runs: Sequence[_Run], x: np.ndarray, schedule: Schedule) -> None:
     """Blocks A, B, A, B, ... until every subject has its iterations (or its time)."""
     while True:
-        pending = [(run, plan.remaining(len(run.samples_s), run.wall_s)) for run in runs]
+        pending = [(run, schedule.remaining(len(run.samples_s), run.wall_s)) for run in runs]
         pending = [(run, left) for run, left in pending if left != 0]
         if not pending:
             return
@@ -412,9 +401,9 @@ def _device_of(bundle: Bundle, art: Artifact) -> str:
 
 
 def _onnx_target(path: Path) -> Target:
-    from edge_resnet.backends.onnxruntime import inspect_onnx
+    from edge_resnet.backends.onnx_facts import inspect_onnx
 
-    precision = Precision.INT8 if inspect_onnx(path).has_qdq else Precision.FP32
+    precision = Precision.INT8 if inspect_onnx(path, "ONNX Runtime").has_qdq else Precision.FP32
     art = Artifact(BackendName.ONNXRUNTIME, precision, {"model": path.name}, {})
     return Target(path, _file_subject(path, art, "cpu"))
 
@@ -574,7 +563,7 @@ def environment(threads: int | None, hint: str, precision: str, runtime: dict[st
 @dataclass(frozen=True)
 class BenchOptions:
     batches: tuple[int, ...] = (1, 8)
-    plan: Plan = Plan()
+    schedule: Schedule = Schedule()
     threads: int | None = None
     mode: Mode = Mode.LATENCY
     compare: str | None = None  # a key of COMPARISONS
@@ -625,7 +614,7 @@ def benchmark(path: str | Path, options: BenchOptions = BenchOptions(), clock: C
         runtimes: list[dict[str, Any]] = [{} for _ in subjects]
         for batch in options.batches:
             log.info("batch %d: measuring %s", batch, ", ".join(s.label for s in subjects))
-            for i, (m, runtime) in enumerate(measure_batch(subjects, batch, options.plan, options.mode,
+            for i, (m, runtime) in enumerate(measure_batch(subjects, batch, options.schedule, options.mode,
                                                            options.load_options(), clock)):
                 per_subject[i].append(m)
                 runtimes[i] = runtime

@@ -89,14 +89,14 @@ def bench(artifact: str, batches: tuple[int, ...], iters: int | None, duration: 
           threads: int | None, mode: str, compare: str | None, pipeline: bool, frames: str, frame_count: int,
           json_path: str | None) -> None:
     """Latency, throughput and cold start of a bundle, or of a bare .onnx (ONNX Runtime) or .xml (OpenVINO)."""
-    from edge_resnet.bench import BenchOptions, Mode, Plan, benchmark, bundle_pipeline
+    from edge_resnet.bench import BenchOptions, Mode, Schedule, benchmark, bundle_pipeline
     from edge_resnet.outputs import check_output
 
     is_dir = Path(artifact).is_dir()
     weights = str(Path(artifact).with_suffix(".bin")) if artifact.lower().endswith(".xml") else None
     check_output(json_path, "--json", inputs={"ARTIFACT": None if is_dir else artifact, "ARTIFACT's .bin": weights,
                                               "--frames": frames}, bundles={"ARTIFACT": artifact if is_dir else None})
-    options = BenchOptions(batches, Plan(iters, duration, warmup), threads, Mode(mode), compare)
+    options = BenchOptions(batches, Schedule(iters, duration, warmup), threads, Mode(mode), compare)
     hook = bundle_pipeline(frames, frame_count, warmup, threads) if pipeline else None
     result = benchmark(artifact, options, pipeline=hook)
     for line in format_table(result):

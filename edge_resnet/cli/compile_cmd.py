@@ -57,7 +57,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
     from edge_resnet.budget import DriftBudget, compile_with_budget
     from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
     from edge_resnet.quant.calibrators import CalibrationMethod
-    from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.ptq import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
     from edge_resnet.types import Precision
 
     if (max_drop is None) != (val_source is None):
@@ -106,7 +106,7 @@ def compile_(model_name, variant, weights, onnx_path, num_classes, head, no_top,
     if result.report is not None:
         click.echo(f"{result.report}")
     click.echo(f"target {b.profile.name} ({art.backend.value}, {b.profile.device}), {art.precision.value}")
-    if not art.info.get("runnable", True):
+    if not art.runnable:
         click.echo(f"engine not built here: {art.info.get('how_to_build')}")
     if result.validation is not None:
         from edge_resnet.cli.validate_cmd import format_table

@@ -47,8 +47,8 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     from edge_resnet.outputs import atomic_path, check_distinct, check_output, writing
     from edge_resnet.quant.calibrators import CalibrationMethod
     from edge_resnet.quant.exclude import check_exclude
-    from edge_resnet.quant.pipeline import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
-    from edge_resnet.quant.pipeline import quantize as run
+    from edge_resnet.quant.ptq import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationOptions
+    from edge_resnet.quant.ptq import quantize as run
     from edge_resnet.quant.qdq import QuantConfig
     from edge_resnet.targets import resolve_weight_range_choice
     from edge_resnet.types import ActivationFormat, WeightRange
@@ -73,7 +73,7 @@ def quantize(model_path: str, calib: str, calib_count: int, seed: int, method: s
     config = QuantConfig(fmt_enum, tuple(exclude), wr)
     if ray is not None:
         from edge_resnet.distributed.calibrate import collect_statistics_on_ray
-        from edge_resnet.quant.pipeline import quantize_graph
+        from edge_resnet.quant.ptq import quantize_graph
         from edge_resnet.quant.qdq import required_tensors
 
         stats = collect_statistics_on_ray(fg.model, required_tensors(fg.model, config), data, batch_size, ray,

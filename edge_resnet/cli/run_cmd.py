@@ -175,7 +175,7 @@ class VideoSink:
         self._size: tuple[int, int] | None = None
         if path is None:
             return
-        from edge_resnet.runtime.sources import import_cv2
+        from edge_resnet.runtime.frame_sources import import_cv2
 
         self.fourcc = fourcc_for(path)
         self._cv2 = import_cv2()

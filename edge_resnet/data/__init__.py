@@ -4,15 +4,7 @@ Nothing here imports torch: the camera runtime reuses the preprocessing with num
 OpenCV (video sources) and scikit-learn (digits) are imported only when used.
 """
 
-from edge_resnet.data.digits import DIGITS_CLASS_NAMES, load_digits_split
-from edge_resnet.data.preprocess import (
-    ChannelOrder,
-    DeepStreamNormalization,
-    NormalizationAffine,
-    PreprocessSpec,
-    to_rgb,
-)
-from edge_resnet.data.sources import (
+from edge_resnet.data.datasets import (
     ARRAY_EXTENSIONS,
     IMAGE_EXTENSIONS,
     LIST_EXTENSIONS,
@@ -23,6 +15,14 @@ from edge_resnet.data.sources import (
     load_image,
     open_dataset,
     sample_indices,
+)
+from edge_resnet.data.digits import DIGITS_CLASS_NAMES, load_digits_split
+from edge_resnet.data.preprocess import (
+    ChannelOrder,
+    DeepStreamNormalization,
+    NormalizationAffine,
+    PreprocessSpec,
+    to_rgb,
 )
 
 __all__ = [

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_resnet.distributed.plan import FrameTable, PlanReader
 from edge_resnet.distributed.shipping import BundlePackage, open_shipped
+from edge_resnet.distributed.spans import FrameTable, PlanReader
 
 
 def _value(obj: Any) -> Any:

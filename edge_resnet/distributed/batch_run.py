@@ -23,9 +23,9 @@ from edge_resnet.distributed.cluster import RayOptions, connect
 from edge_resnet.distributed.frames import count_frames, is_video, list_sources
 from edge_resnet.distributed.merge import ordered
 from edge_resnet.distributed.output import check_out, open_writer
-from edge_resnet.distributed.plan import frame_table, spans
 from edge_resnet.distributed.pool import run_pool, worker_errors
 from edge_resnet.distributed.shipping import BundlePackage
+from edge_resnet.distributed.spans import frame_table, spans
 from edge_resnet.errors import BundleError, DataError
 from edge_resnet.runtime.model import ModelKind, model_kind
 

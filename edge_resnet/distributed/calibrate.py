@@ -18,8 +18,8 @@ from edge_resnet.data import Dataset
 from edge_resnet.distributed.actors import CalibrateActor
 from edge_resnet.distributed.cluster import RayOptions, connect
 from edge_resnet.distributed.merge import ordered
-from edge_resnet.distributed.plan import DataPlan, spans
 from edge_resnet.distributed.pool import run_pool
+from edge_resnet.distributed.spans import DataPlan, spans
 from edge_resnet.errors import DataError, QuantizationError
 from edge_resnet.quant.collect import ActivationStats
 from edge_resnet.quant.histogram import STATS_NUM_BINS, StreamingHistogram

@@ -108,7 +108,7 @@ class Cluster:
 def _init_kwargs(spec: ClusterSpec) -> dict[str, Any]:
     common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if spec.kind is ClusterKind.LOCAL:
-        from edge_resnet.runtime.plans import available_cores
+        from edge_resnet.host_cpu import available_cores
 
         return {**common, "num_cpus": available_cores(), "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
     return {"address": spec.address if spec.kind is ClusterKind.ADDRESS else "auto",

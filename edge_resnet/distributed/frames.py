@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_resnet.data import IMAGE_EXTENSIONS, LIST_EXTENSIONS, VIDEO_EXTENSIONS, load_image
-from edge_resnet.distributed.plan import FrameTable
+from edge_resnet.distributed.spans import FrameTable
 from edge_resnet.errors import DataError
 
 
@@ -49,7 +49,7 @@ def list_sources(source: str) -> list[Path]:
 
 def count_frames(path: str) -> int:
     """Frames of a video, counted by grabbing each (container headers only estimate them)."""
-    from edge_resnet.runtime.sources import import_cv2
+    from edge_resnet.runtime.frame_sources import import_cv2
 
     cv2 = import_cv2()
     cap = cv2.VideoCapture(str(path))
@@ -65,7 +65,7 @@ def count_frames(path: str) -> int:
 
 
 def _video_frames(path: str, first: int, count: int) -> list[np.ndarray]:
-    from edge_resnet.runtime.sources import import_cv2
+    from edge_resnet.runtime.frame_sources import import_cv2
 
     cv2 = import_cv2()
     cap = cv2.VideoCapture(path)

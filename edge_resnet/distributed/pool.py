@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from edge_resnet.distributed.cluster import Cluster, RayError, RayOptions
-from edge_resnet.distributed.plan import Span, to_ray_dataset
+from edge_resnet.distributed.spans import Span, to_ray_dataset
 from edge_resnet.errors import EdgeResnetError
 
 

@@ -15,9 +15,9 @@ from edge_resnet.data import Dataset
 from edge_resnet.distributed.actors import ValidateActor, add_confusion
 from edge_resnet.distributed.cluster import RayOptions, connect
 from edge_resnet.distributed.merge import ordered
-from edge_resnet.distributed.plan import DataPlan, spans
 from edge_resnet.distributed.pool import run_pool
 from edge_resnet.distributed.shipping import BundlePackage
+from edge_resnet.distributed.spans import DataPlan, spans
 from edge_resnet.validate.metrics import StreamingMetrics
 
 

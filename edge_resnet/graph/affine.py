@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from edge_resnet.graph.names import FreshNames
 from edge_resnet.graph.passes import PassOutput, copy_model
+from edge_resnet.graph.prune import drop_unused_initializers
 
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div"})
 
@@ -115,7 +116,7 @@ def collapse_affine(model: onnx.ModelProto) -> PassOutput:
     del g.node[:]
     g.node.extend(kept)
     g.initializer.extend(new_inits)
-    _drop_unused_initializers(g)
+    drop_unused_initializers(g)
     return PassOutput(out, [f"{chains} chains of Sub/Mul/Add/Div by constants (decomposed BatchNorm) -> x * scale + shift"])
 
 
@@ -126,9 +127,3 @@ def _elem_dtype(idx: _Index, chain: list[onnx.NodeProto]) -> np.dtype:
                 return idx.consts[i].dtype
     return np.dtype(np.float32)
 
-
-def _drop_unused_initializers(g: onnx.GraphProto) -> None:
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_resnet.graph.prune import drop_dead_nodes, drop_unused_initializers
+
 log = logging.getLogger(__name__)
 
 _GLOBAL_POOL = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
@@ -187,18 +189,7 @@ def _gemm_weights_out_by_in(graph: onnx.GraphProto) -> list[str]:
 
 
 def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
-    needed = {o.name for o in graph.output}
-    keep: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(node.input)
-    removed = len(graph.node) - len(keep)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
-    used = needed
-    dead_inits = [i for i in graph.initializer if i.name not in used]
-    for init in dead_inits:
-        graph.initializer.remove(init)
+    removed = drop_dead_nodes(graph)
+    dead_inits = drop_unused_initializers(graph)
     if removed or dead_inits:
-        log.debug("removed %d dead nodes and %d unused initializers", removed, len(dead_inits))
+        log.debug("removed %d dead nodes and %d unused initializers", removed, dead_inits)

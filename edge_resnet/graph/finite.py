@@ -38,7 +38,7 @@ def check_finite(model: onnx.ModelProto, what: str, input_size: int = 224) -> No
                          "fix the checkpoint (a diverged training run, or BatchNorm statistics saved as NaN) or "
                          "export the model again from good weights")
     from edge_resnet.graph.load import describe_input
-    from edge_resnet.quant.pipeline import run_onnx
+    from edge_resnet.quant.ptq import run_onnx
 
     info = describe_input(model)
     h, w = info.height or input_size, info.width or input_size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,11 +22,11 @@ import onnx
 from onnx import numpy_helper
 
 from edge_resnet.errors import GraphError
+from edge_resnet.graph.index import DEFAULT_DOMAINS, GraphIndex, node_uses
 from edge_resnet.graph.names import FreshNames
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _STAT_NAMES = ("scale", "B", "mean", "var")
 
 
@@ -69,13 +69,13 @@ def fold_batchnorm(
     if not bns:
         return out, summary
 
-    g = _GraphIndex(out.graph)
-    plans: list[_Plan] = [_plan(g, i, summary) for i in bns]
+    g = GraphIndex(out.graph)
+    decisions: list[_Decision] = [_decide(g, i, summary) for i in bns]
 
     types: dict[str, tuple[int, int | None]] | None = None
-    if convert_kept_to_affine and any(p.kind == "affine" for p in plans):
+    if convert_kept_to_affine and any(p.kind == "affine" for p in decisions):
         types = _infer_types(model)
-    _apply(out.graph, g, plans, summary, types or {}, convert_kept_to_affine)
+    _apply(out.graph, g, decisions, summary, types or {}, convert_kept_to_affine)
 
     for bn, conv in summary.folded:
         log.debug("folded %s into %s", bn, conv)
@@ -118,7 +118,9 @@ def _affine_params(
 
 
 @dataclass
-class _Plan:
+class _Decision:
+    """What to do with one BatchNormalization: fold it into its Conv, turn it into Mul + Add, or keep it."""
+
     bn: int  # index of the BatchNormalization node
     kind: str  # "fold" | "affine" | "keep"
     label: str
@@ -130,145 +132,94 @@ class _Plan:
     bias: np.ndarray | None = None
 
 
-class _GraphIndex:
-    """Producers, uses and constants of the top-level graph (uses inside subgraphs are counted)."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.init = {t.name: t for t in graph.initializer}
-        self.graph_inputs = {vi.name for vi in graph.input}
-        self.graph_outputs = {vi.name for vi in graph.output}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = {}
-        for i, node in enumerate(graph.node):
-            for o in node.output:
-                if o:
-                    self.producer[o] = i
-            for name in _node_uses(node):
-                self.consumers.setdefault(name, []).append(i)
-        self.uses = Counter({k: len(v) for k, v in self.consumers.items()})
-        for name in self.graph_outputs:
-            self.uses[name] += 1
-
-    def const(self, name: str, depth: int = 0) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer, a Constant, or an Identity of one."""
-        if not name or depth > 16:
-            return None
-        if name in self.init:
-            t = self.init[name]
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                raise GraphError(
-                    f"initializer '{name}' is stored in external data that is not loaded",
-                    "load the model with edge_resnet.graph.load_onnx, which reads external weights into memory",
-                )
-            return numpy_helper.to_array(t)
-        if name in self.graph_inputs:
-            return None  # a real run-time input
-        i = self.producer.get(name)
-        if i is None:
-            return None
-        node = self.graph.node[i]
-        if node.domain not in _DEFAULT_DOMAINS:
-            return None
-        if node.op_type == "Constant":
-            return _constant_value(node)
-        if node.op_type == "Identity":
-            return self.const(node.input[0], depth + 1)
-        return None
-
-    def label(self, i: int) -> str:
-        node = self.graph.node[i]
-        return node.name or f"{node.op_type}({node.output[0] if node.output else i})"
-
-
-def _plan(g: _GraphIndex, i: int, summary: FoldSummary) -> _Plan:
+def _decide(g: GraphIndex, i: int, summary: FoldSummary) -> _Decision:
     bn = g.graph.node[i]
     label = g.label(i)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in bn.attribute}
     eps = float(attrs.get("epsilon", 1e-5))
-    plan = _Plan(bn=i, kind="keep", label=label, eps=eps)
+    decision = _Decision(bn=i, kind="keep", label=label, eps=eps)
 
     _check_training_outputs(g, bn, label, attrs, summary)
 
     if len(bn.input) < 5 or not all(bn.input[:5]):
-        plan.reason = f"it has {len(bn.input)} inputs; expected X, scale, B, mean, var"
-        return plan
+        decision.reason = f"it has {len(bn.input)} inputs; expected X, scale, B, mean, var"
+        return decision
     if attrs.get("spatial", 1) == 0:
-        plan.reason = "spatial=0 (statistics per activation, not per channel) cannot fold into a Conv"
-        return plan
+        decision.reason = "spatial=0 (statistics per activation, not per channel) cannot fold into a Conv"
+        return decision
     stats = []
     for what, name in zip(_STAT_NAMES, bn.input[1:5], strict=True):
         v = g.const(name)
         if v is None:
-            plan.reason = f"its {what} '{name}' is computed at run time, not an initializer"
-            return plan
+            decision.reason = f"its {what} '{name}' is computed at run time, not an initializer"
+            return decision
         stats.append(v.astype(np.float64))
     gamma, beta, mean, var = stats
     c = gamma.size
     if any(s.ndim != 1 or s.size != c for s in stats):
-        plan.reason = (
+        decision.reason = (
             f"its scale/B/mean/var have shapes {[tuple(s.shape) for s in stats]}; expected ({c},) each"
         )
-        return plan
-    plan.stats = (gamma, beta, mean, var)
-    plan.kind = "affine"  # unless the checks below find a Conv to fold into
+        return decision
+    decision.stats = (gamma, beta, mean, var)
+    decision.kind = "affine"  # unless the checks below find a Conv to fold into
 
     x = bn.input[0]
-    p = g.producer.get(x)
+    p = g.producer_index.get(x)
     if p is None:
-        what = "an initializer" if x in g.init else "the graph input"
-        plan.reason = f"its input '{x}' is {what}, not a Conv output"
-        return plan
+        what = "an initializer" if x in g.initializers else "the graph input"
+        decision.reason = f"its input '{x}' is {what}, not a Conv output"
+        return decision
     conv = g.graph.node[p]
     conv_label = g.label(p)
-    if conv.op_type != "Conv" or conv.domain not in _DEFAULT_DOMAINS:
-        plan.reason = f"its input comes from {conv.op_type} '{conv_label}', not from a Conv"
+    if conv.op_type != "Conv" or conv.domain not in DEFAULT_DOMAINS:
+        decision.reason = f"its input comes from {conv.op_type} '{conv_label}', not from a Conv"
         if conv.op_type in ("Add", "Sum"):
-            plan.reason += " (BatchNormalization after a residual Add, as in pre-activation ResNets)"
-        return plan
-    plan.conv = p
-    others = [g.label(j) for j in g.consumers.get(x, []) if j != i]
+            decision.reason += " (BatchNormalization after a residual Add, as in pre-activation ResNets)"
+        return decision
+    decision.conv = p
+    others = [g.label(j) for j in g.consumer_indices.get(x, []) if j != i]
     if others:
         shown = ", ".join(f"'{o}'" for o in others[:3]) + (" ..." if len(others) > 3 else "")
-        plan.reason = f"the output of Conv '{conv_label}' is also used by {shown}"
-        return plan
-    if x in g.graph_outputs:
-        plan.reason = f"the output of Conv '{conv_label}' is also a graph output"
-        return plan
+        decision.reason = f"the output of Conv '{conv_label}' is also used by {shown}"
+        return decision
+    if x in g.outputs:
+        decision.reason = f"the output of Conv '{conv_label}' is also a graph output"
+        return decision
     if len(conv.input) < 2 or g.const(conv.input[1]) is None:
-        plan.reason = f"the weight of Conv '{conv_label}' is computed at run time, not an initializer"
-        return plan
+        decision.reason = f"the weight of Conv '{conv_label}' is computed at run time, not an initializer"
+        return decision
     w = g.const(conv.input[1])
     assert w is not None
     has_bias = len(conv.input) > 2 and bool(conv.input[2])
     b = g.const(conv.input[2]) if has_bias else np.zeros(w.shape[0], dtype=w.dtype)
     if b is None:
-        plan.reason = f"the bias of Conv '{conv_label}' is computed at run time, not an initializer"
-        return plan
+        decision.reason = f"the bias of Conv '{conv_label}' is computed at run time, not an initializer"
+        return decision
     if not _is_float(w.dtype):
-        plan.reason = f"Conv '{conv_label}' has {w.dtype} weights, not float"
-        return plan
+        decision.reason = f"Conv '{conv_label}' has {w.dtype} weights, not float"
+        return decision
     if w.ndim < 3 or w.shape[0] != c or b.shape != (c,):
-        plan.reason = (
+        decision.reason = (
             f"Conv '{conv_label}' has weight {tuple(w.shape)} and bias {tuple(b.shape)}, "
             f"which do not match the {c} channels of the BatchNormalization"
         )
-        return plan
-    plan.kind = "fold"
-    plan.weight, plan.bias = w, b
-    plan.reason = ""
-    return plan
+        return decision
+    decision.kind = "fold"
+    decision.weight, decision.bias = w, b
+    decision.reason = ""
+    return decision
 
 
 def _check_training_outputs(
-    g: _GraphIndex, bn: onnx.NodeProto, label: str, attrs: dict[str, object], summary: FoldSummary
+    g: GraphIndex, bn: onnx.NodeProto, label: str, attrs: dict[str, object], summary: FoldSummary
 ) -> None:
     """Refuse a training-mode BatchNormalization whose batch statistics are read; note unused ones."""
     extra = [o for o in bn.output[1:] if o]
     training = attrs.get("training_mode", 0) == 1 or attrs.get("is_test", 1) == 0
     used = [o for o in extra if g.uses[o] > 0]
     if used:
-        readers = sorted({g.label(j) for o in used for j in g.consumers.get(o, [])})
+        readers = sorted({g.label(j) for o in used for j in g.consumer_indices.get(o, [])})
         where = f"by {', '.join(readers)}" if readers else "as graph outputs"
         raise GraphError(
             f"BatchNormalization '{label}' is in training mode: its batch-statistics output(s) "
@@ -288,30 +239,30 @@ def _check_training_outputs(
 
 def _apply(
     graph: onnx.GraphProto,
-    g: _GraphIndex,
-    plans: list[_Plan],
+    g: GraphIndex,
+    decisions: list[_Decision],
     summary: FoldSummary,
     types: dict[str, tuple[int, int | None]],
     convert_kept_to_affine: bool,
 ) -> None:
     names = FreshNames(graph)
-    by_bn = {p.bn: p for p in plans}
+    by_bn = {p.bn: p for p in decisions}
     replaced: dict[int, list[onnx.NodeProto]] = {}  # node index -> replacement nodes ([] = removed)
     new_inits: list[onnx.TensorProto] = []
     disconnected: list[str] = []  # tensors that may have lost their last reader
 
-    for plan in plans:
-        bn = graph.node[plan.bn]
-        if plan.kind == "fold":
-            assert plan.conv is not None and plan.weight is not None and plan.bias is not None
-            assert plan.stats is not None
-            conv = graph.node[plan.conv]
-            conv_label = g.label(plan.conv)
+    for decision in decisions:
+        bn = graph.node[decision.bn]
+        if decision.kind == "fold":
+            assert decision.conv is not None and decision.weight is not None and decision.bias is not None
+            assert decision.stats is not None
+            conv = graph.node[decision.conv]
+            conv_label = g.label(decision.conv)
             w_name = conv.input[1]
             w64, b64 = _fold_params(
-                plan.weight.astype(np.float64), plan.bias.astype(np.float64), *plan.stats, plan.eps
+                decision.weight.astype(np.float64), decision.bias.astype(np.float64), *decision.stats, decision.eps
             )
-            dtype = plan.weight.dtype
+            dtype = decision.weight.dtype
             new_w = _put(g, names, new_inits, w_name, w64.astype(dtype), f"{w_name}_bnfold")
             b_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else ""
             b_base = (w_name[: -len("weight")] + "bias") if w_name.endswith("weight") else f"{w_name}_bias"
@@ -324,28 +275,28 @@ def _apply(
             else:
                 conv.input.append(new_b)
             conv.output[0] = bn.output[0]  # the Conv keeps its name and takes over the BN's output
-            replaced[plan.bn] = []
-            summary.folded.append((plan.label, conv_label))
+            replaced[decision.bn] = []
+            summary.folded.append((decision.label, conv_label))
             continue
 
-        summary.kept.append((plan.label, plan.reason))
-        if plan.kind != "affine" or not convert_kept_to_affine:
+        summary.kept.append((decision.label, decision.reason))
+        if decision.kind != "affine" or not convert_kept_to_affine:
             _to_inference_mode(bn)
             continue
-        assert plan.stats is not None
+        assert decision.stats is not None
         elem, rank = types.get(bn.input[0], (0, None))
-        if rank is None and plan.conv is not None:
-            w = g.const(graph.node[plan.conv].input[1]) if len(graph.node[plan.conv].input) > 1 else None
+        if rank is None and decision.conv is not None:
+            w = g.const(graph.node[decision.conv].input[1]) if len(graph.node[decision.conv].input) > 1 else None
             rank = w.ndim if w is not None else None
         if rank is None or rank < 2:
-            summary.notes.append(f"BatchNormalization '{plan.label}': rank of its input unknown, left as is")
+            summary.notes.append(f"BatchNormalization '{decision.label}': rank of its input unknown, left as is")
             _to_inference_mode(bn)
             continue
         dtype = _np_dtype(elem)
         if dtype is None:
             gamma = g.const(bn.input[1])
             dtype = gamma.dtype if gamma is not None else np.dtype(np.float32)
-        scale, shift = _affine_params(*plan.stats, plan.eps)
+        scale, shift = _affine_params(*decision.stats, decision.eps)
         shape = (-1,) + (1,) * (rank - 2)  # (C, 1, 1) for NCHW
         base = bn.name or f"{bn.output[0]}_bn"
         scale_t = numpy_helper.from_array(scale.reshape(shape).astype(dtype), names.new(f"{base}.scale"))
@@ -358,9 +309,9 @@ def _apply(
         add = onnx.helper.make_node(
             "Add", [scaled, shift_t.name], [bn.output[0]], name=names.new(f"{base}_add")
         )
-        replaced[plan.bn] = [mul, add]
+        replaced[decision.bn] = [mul, add]
         disconnected += list(bn.input[1:5])
-        summary.converted_to_affine.append(plan.label)
+        summary.converted_to_affine.append(decision.label)
 
     kept_nodes: list[onnx.NodeProto] = []
     for i, node in enumerate(graph.node):
@@ -383,7 +334,7 @@ def _to_inference_mode(bn: onnx.NodeProto) -> None:
 
 
 def _put(
-    g: _GraphIndex,
+    g: GraphIndex,
     names: FreshNames,
     new_inits: list[onnx.TensorProto],
     name: str,
@@ -393,14 +344,14 @@ def _put(
     """Store ``value`` under ``name`` when only this Conv reads that initializer, else as a copy."""
     private = (
         name
-        and name in g.init
+        and name in g.initializers
         and g.uses[name] == 1
-        and name not in g.graph_inputs  # an initializer that is also an input can be overridden
-        and name not in g.graph_outputs
+        and name not in g.inputs  # an initializer that is also an input can be overridden
+        and name not in g.outputs
     )
     if private:
         t = numpy_helper.from_array(value, name)
-        g.init[name].CopyFrom(t)
+        g.initializers[name].CopyFrom(t)
         return name
     t = numpy_helper.from_array(value, names.new(base))
     new_inits.append(t)
@@ -411,7 +362,7 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
     """Drop initializers (and Constant/Identity chains) that the rewrite left without a reader."""
     uses: Counter[str] = Counter()
     for node in graph.node:
-        uses.update(_node_uses(node))
+        uses.update(node_uses(node))
     uses.update(vi.name for vi in graph.output)
     producer = {o: node for node in graph.node for o in node.output if o}
     dead_inits: set[str] = set()
@@ -430,7 +381,7 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
             node is not None
             and id(node) not in dead_nodes
             and node.op_type in ("Constant", "Identity")
-            and node.domain in _DEFAULT_DOMAINS
+            and node.domain in DEFAULT_DOMAINS
             and all(uses[o] == 0 for o in node.output)
         ):
             dead_nodes.add(id(node))
@@ -460,28 +411,7 @@ def _remove_unused(graph: onnx.GraphProto, candidates: Iterable[str]) -> None:
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in _DEFAULT_DOMAINS
-
-
-def _node_uses(node: onnx.NodeProto) -> Iterator[str]:
-    """Tensor names a node reads, including those its subgraphs read from the outer scope."""
-    yield from (n for n in node.input if n)
-    for a in node.attribute:
-        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            for sn in sub.node:
-                yield from _node_uses(sn)
-            yield from (vi.name for vi in sub.output)
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-    return None
+    return node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS
 
 
 def _is_float(dtype: np.dtype) -> bool:

@@ -15,8 +15,8 @@ Design (why it is exact and deterministic):
   and any merge of partial histograms give identical arrays to a single pass over all the data.
 
 Cost: one min/max pass over the batch, then a cache-sized chunked loop of abs, scale, ceil, cast to
-an index and ``np.bincount``: about 2 ns per value on one core (12 ms for an 8x256x56x56 float32
-activation, where ONNX Runtime's HistogramCollector takes about 30 ms).
+an index and ``np.bincount``; faster than ONNX Runtime's HistogramCollector (figures in
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ STATS_NUM_BINS = 8 * DEFAULT_NUM_BINS
 FORMAT_VERSION = 1  # of to_arrays(); bump when the layout changes
 
 # Values per chunk of the binning loop: the float and index buffers (64 Ki x (4 + 8) bytes) stay in
-# the L2 cache, which is about 1.5x faster than whole-array temporaries on a 25 MB activation.
+# the L2 cache, which is faster than whole-array temporaries on large activations (benchmarks/README.md).
 _CHUNK = 1 << 16
 
 # The scale 2**-e must be a finite float32: -e <= 127. Below that (amax < ~2**-116) we scale in

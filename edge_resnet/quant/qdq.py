@@ -38,6 +38,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.errors import QuantizationError
+from edge_resnet.graph.index import GraphIndex
+from edge_resnet.graph.prune import drop_dead_nodes, drop_unused_initializers
 from edge_resnet.types import ActivationFormat, WeightRange
 
 log = logging.getLogger(__name__)
@@ -108,41 +110,24 @@ class QDQReport:
         return f"quantized {ops} ({self.activation_tensors} activation tensors){kept}"
 
 
-class GraphIndex:
-    """Index of a graph: producers, consumers, initializers."""
+def fusable_conv_branch(g: GraphIndex, add: onnx.NodeProto, quantized: set[str]) -> str | None:
+    """The input of a residual Add that comes straight from a quantized Conv used only there."""
+    inputs = activation_inputs(g, add)
+    for t in inputs:
+        src = g.producer.get(t)
+        if src is not None and src.op_type == "Conv" and src.name in quantized and len(g.consumers[t]) == 1:
+            other = [i for i in inputs if i != t]
+            if other:  # the residual branch keeps its Q/DQ
+                return t
+    return None
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.inits = {i.name: i for i in g.initializer}
-        for node in g.node:  # Constant nodes count as initializers for our purpose
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.inits[node.output[0]] = node.attribute[0].t
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in g.node:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.outputs = {o.name for o in g.output}
-        # snapshot: the Q/DQ writer rewires inputs, scale lookups must see the float graph
-        self.first_input = {o: n.input[0] for n in g.node for o in n.output if n.input}
 
-    def fusable_conv_branch(self, add: onnx.NodeProto, quantized: set[str]) -> str | None:
-        """The input of a residual Add that comes straight from a quantized Conv used only there."""
-        inputs = self.activation_inputs(add)
-        for t in inputs:
-            src = self.producer.get(t)
-            if src is not None and src.op_type == "Conv" and src.name in quantized and len(self.consumers[t]) == 1:
-                other = [i for i in inputs if i != t]
-                if other:  # the residual branch keeps its Q/DQ
-                    return t
-        return None
-
-    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
-        if node.op_type in WEIGHTED_OPS or node.op_type in ("MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"):
-            return [node.input[0]]
-        if node.op_type == "Add":
-            return [i for i in node.input if i not in self.inits]
-        return []
+def activation_inputs(g: GraphIndex, node: onnx.NodeProto) -> list[str]:
+    if node.op_type in WEIGHTED_OPS or node.op_type in ("MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"):
+        return [node.input[0]]
+    if node.op_type == "Add":
+        return [i for i in node.input if i not in g.constants]
+    return []
 
 
 def quantized_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[onnx.NodeProto]:
@@ -151,9 +136,9 @@ def quantized_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[onnx.No
     for node in model.graph.node:
         if node.op_type not in INT8_OPS or config.excludes(node):
             continue
-        if node.op_type in WEIGHTED_OPS and (len(node.input) < 2 or node.input[1] not in g.inits):
+        if node.op_type in WEIGHTED_OPS and (len(node.input) < 2 or node.input[1] not in g.constants):
             continue  # a conv whose weight is computed at run time is not a ResNet layer we quantize
-        if node.op_type == "Add" and len(g.activation_inputs(node)) != 2:
+        if node.op_type == "Add" and len(activation_inputs(g, node)) != 2:
             continue  # a bias add, not a residual add
         out.append(node)
     return out
@@ -174,8 +159,8 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     names = {n.name for n in nodes}
     fuse_all = all(FORMAT_RULES[f].fuse_residual for f in fmts)
     for node in nodes:
-        skip = g.fusable_conv_branch(node, names) if node.op_type == "Add" and fuse_all else None
-        for t in g.activation_inputs(node):
+        skip = fusable_conv_branch(g, node, names) if node.op_type == "Add" and fuse_all else None
+        for t in activation_inputs(g, node):
             if t != skip:
                 wanted[_scale_source(g, t)] = None
         outputs_too = any(FORMAT_RULES[f].quantize_outputs for f in fmts)
@@ -245,11 +230,11 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     writer = _Writer(out, g, rule, amax, {n.name for n in nodes}, config.weight_qmax)
 
     names = {n.name for n in nodes}
-    fused = {n.name: g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if rule.fuse_residual else {}
+    fused = {n.name: fusable_conv_branch(g, n, names) for n in nodes if n.op_type == "Add"} if rule.fuse_residual else {}
     for node in nodes:
         skip = fused.get(node.name)
         for idx, t in enumerate(node.input):
-            if t in g.activation_inputs(node) and t != skip:
+            if t in activation_inputs(g, node) and t != skip:
                 node.input[idx] = writer.dequantized(t)
         if node.op_type in WEIGHTED_OPS:
             writer.quantize_weight(node)
@@ -270,8 +255,8 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     report.quantizers = dict(writer.quantizers)
     out.graph.initializer.extend(writer.new_inits)
     _toposort(out.graph)
-    _drop_dead_nodes(out.graph)  # needs topological order
-    _drop_unused_initializers(out.graph)
+    drop_dead_nodes(out.graph)  # needs topological order
+    drop_unused_initializers(out.graph)
     return out, report
 
 
@@ -350,7 +335,7 @@ class _Writer:
 
     def quantize_weight(self, node: onnx.NodeProto) -> None:
         w_name = node.input[1]
-        w = numpy_helper.to_array(self.g.inits[w_name])
+        w = numpy_helper.to_array(self.g.constants[w_name])
         axis = 0
         if node.op_type == "Gemm":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -363,11 +348,11 @@ class _Writer:
         dq = f"{base}.weight_dequantized"
         self.model.graph.node.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dq], name=f"_qdq/{base}/weight_DQ", axis=axis))
         node.input[1] = dq
-        if self.rule.int32_bias and len(node.input) > 2 and node.input[2] in self.g.inits:
+        if self.rule.int32_bias and len(node.input) > 2 and node.input[2] in self.g.constants:
             self._quantize_bias(node, scale, base)
 
     def _quantize_bias(self, node: onnx.NodeProto, w_scale: np.ndarray, base: str) -> None:
-        b = numpy_helper.to_array(self.g.inits[node.input[2]]).astype(np.float64)
+        b = numpy_helper.to_array(self.g.constants[node.input[2]]).astype(np.float64)
         x_scale = self.scales.get(node.input[0].removesuffix("_dequantized"))
         if x_scale is None:
             return
@@ -412,25 +397,6 @@ def _toposort(graph: onnx.GraphProto) -> None:
         raise QuantizationError("the Q/DQ graph has a cycle or a dangling input", "report this as a bug")
     del graph.node[:]
     graph.node.extend(ordered)
-
-
-def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Remove nodes whose outputs nobody reads (a ReLU folded into an unsigned quantizer)."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def count_int8_ops(model: onnx.ModelProto) -> Counter:

@@ -9,20 +9,20 @@
         for r in results: ...
 """
 
+from edge_resnet.runtime.frame_sources import FrameSource, SourceKind, open_source
 from edge_resnet.runtime.model import Classification, Model, ModelKind, load
-from edge_resnet.runtime.plans import StreamMode
-from edge_resnet.runtime.sources import FrameSource, SourceKind, open_source
 from edge_resnet.runtime.stream import FrameResult, Stream
+from edge_resnet.types import Mode
 
 __all__ = [
     "Classification",
     "FrameResult",
     "FrameSource",
+    "Mode",
     "Model",
     "ModelKind",
     "SourceKind",
     "Stream",
-    "StreamMode",
     "load",
     "open_source",
 ]

@@ -43,12 +43,11 @@ from edge_resnet.postprocess import (
     model_kind,
     top_k_softmax,
 )
-from edge_resnet.runtime.plans import PLANS, StreamMode, ThroughputPlan
-from edge_resnet.runtime.sources import parse_order
-from edge_resnet.types import BackendName
+from edge_resnet.runtime.frame_sources import parse_order
+from edge_resnet.types import BackendName, Mode
 
 if TYPE_CHECKING:
-    from edge_resnet.backends.base import Runner
+    from edge_resnet.backends.base import Runner, ThroughputConfig
     from edge_resnet.runtime.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,7 @@ class Model:
         order = self.order if order is None else parse_order(order)
         if len(items) == 1:
             # no batch array to copy into: allocating 0.6 MB before PIL's buffers made glibc hand those back
-            # to the OS after every call (about 1 ms of page faults per 224x224 frame, measured)
+            # to the OS after every call, and the page faults cost more than the copy (benchmarks/README.md)
             return self.prepare(items[0], order)[None]
         out = np.empty((len(items), *self.input_shape), dtype=np.float32)
         for i, frame in enumerate(items):
@@ -263,13 +262,13 @@ class Model:
     # ---- streams
 
     def stream(self, source: Any, top_k: int = 1, order: ChannelOrder | str | None = None, *,
-               mode: StreamMode | str = StreamMode.THROUGHPUT, max_frames: int | None = None,
+               mode: Mode | str = Mode.THROUGHPUT, max_frames: int | None = None,
                keep_frames: bool = False, buffer: int | None = None, batch: int | None = None,
                workers: int | None = None) -> Stream:
         """Results for every frame of ``source`` in frame order, pipelined (see edge_resnet.runtime.stream).
 
         ``mode="throughput"`` (default): one inference per core on the backend's throughput
-        configuration (loaded once, on the first such stream; see edge_resnet.runtime.plans), frames
+        configuration (loaded once, on the first such stream; see Backend.throughput_config), frames
         batched up to ``batch`` when they are already waiting. ``mode="latency"``: this model's runner,
         one frame at a time, for the shortest time from frame to result on an idle machine.
         """
@@ -278,17 +277,19 @@ class Model:
         return Stream(self, source, top_k=top_k, order=order, mode=mode, max_frames=max_frames,
                       keep_frames=keep_frames, buffer=buffer, batch=batch, workers=workers)
 
-    def throughput_runner(self) -> tuple[Runner, ThroughputPlan] | None:
-        """The runner and plan of throughput streams; None when the backend has no throughput plan.
+    def throughput_runner(self) -> tuple[Runner, ThroughputConfig] | None:
+        """The runner and configuration of throughput streams; None when the backend has none.
 
         The model's own runner when it was loaded that way already, else the bundle loaded a second
-        time with the plan's options (kept for later streams, closed with the model).
+        time with the configuration's options (kept for later streams, closed with the model).
         """
-        plan = PLANS.get(self.backend)
+        from edge_resnet.backends.base import get_backend
+
+        plan = get_backend(self.backend).throughput_config()
         if plan is None:
             return None
         primary = self.frame_runner if self.frame_runner is not None else self.runner
-        if plan.matches(primary):
+        if primary.throughput_configured():
             return primary, plan
         with self._throughput_lock:
             if self._closed:

@@ -8,14 +8,13 @@ One thread decodes frames. ``workers`` threads each take the frames waiting for 
 ``batch``), preprocess them and run one inference on them; with one worker the decoding thread
 preprocesses too. The consumer's thread puts results back in frame order and postprocesses them.
 Throughput streams run one worker more than the parallel inferences of the backend's throughput
-configuration (edge_resnet.runtime.plans): on 2 cores, two single-threaded inferences at a time
+configuration (``Backend.throughput_config``): on 2 cores, two single-threaded inferences at a time
 while the third worker resizes its next batch and the decoder decodes (PIL, OpenCV and the backends
-release the GIL). On 2 cores (benchmarks/README.md), ResNet-50 INT8 at 128x128 from 640x480 MJPG:
-1.53x (OpenVINO) and 1.77x (ONNX Runtime) the frames/s of a sequential loop; in an A/B run, 3
-workers gave OpenVINO 1.56x where 2 gave 1.46x.
+release the GIL). The frames/s against a sequential loop, and the worker count that gives them, are
+in benchmarks/README.md (runtime_overhead.py).
 
 OpenVINO inference runs as synchronous requests on the worker threads, one InferRequest each: the
-parallelism of an AsyncInferQueue without its Python callback. With a callback, OpenVINO 2026.4 now
+parallelism of an AsyncInferQueue without its Python callback. With a callback, OpenVINO now
 and then aborted ("terminate called without an active exception") or hung the interpreter at exit
 (an executor thread waiting for the GIL while the CompiledModel is destroyed).
 
@@ -46,15 +45,15 @@ import numpy as np
 from edge_resnet.data.preprocess import ChannelOrder
 from edge_resnet.errors import DataError
 from edge_resnet.postprocess import Classification, ModelKind, check_top_k
-from edge_resnet.runtime.plans import StreamMode
-from edge_resnet.runtime.sources import FrameSource, open_source
+from edge_resnet.runtime.frame_sources import FrameSource, open_source
+from edge_resnet.types import Mode
 
 if TYPE_CHECKING:
     from edge_resnet.runtime.model import Model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameResult", "Stream", "StreamMode"]
+__all__ = ["FrameResult", "Mode", "Stream"]
 
 POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
 JOIN_SECONDS = 5.0  # how long close() waits for the threads
@@ -290,11 +289,11 @@ def _positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def _mode(value: StreamMode | str) -> StreamMode:
+def _mode(value: Mode | str) -> Mode:
     try:
-        return StreamMode(getattr(value, "value", value))
+        return Mode(getattr(value, "value", value))
     except ValueError:
-        raise DataError(f"unknown stream mode {value!r}", f"use one of {[m.value for m in StreamMode]}") from None
+        raise DataError(f"unknown stream mode {value!r}", f"use one of {[m.value for m in Mode]}") from None
 
 
 class Stream(Iterator[FrameResult]):
@@ -311,7 +310,7 @@ class Stream(Iterator[FrameResult]):
     """
 
     def __init__(self, model: Model, source: Any, *, top_k: int = 1, order: ChannelOrder | str | None = None,
-                 mode: StreamMode | str = StreamMode.THROUGHPUT, max_frames: int | None = None,
+                 mode: Mode | str = Mode.THROUGHPUT, max_frames: int | None = None,
                  keep_frames: bool = False, buffer: int | None = None, batch: int | None = None,
                  workers: int | None = None) -> None:
         if model.kind is ModelKind.FEATURE_MAP:
@@ -320,12 +319,12 @@ class Stream(Iterator[FrameResult]):
         self.top_k = check_top_k(top_k)
         self.mode = _mode(mode)
         max_frames = None if max_frames is None else _positive("max_frames", max_frames)
-        plan = model.throughput_runner() if self.mode is StreamMode.THROUGHPUT else None
+        plan = model.throughput_runner() if self.mode is Mode.THROUGHPUT else None
         if plan is not None:
             runner, how = plan
             infer: Callable[[np.ndarray], np.ndarray] = runner.infer  # thread-safe runners
             # one worker more than the inferences the backend runs at once: one preprocesses meanwhile
-            self.workers = _positive("workers", workers) if workers is not None else how.parallel(runner) + 1
+            self.workers = _positive("workers", workers) if workers is not None else runner.parallel_requests() + 1
             self.batch = _positive("batch", batch) if batch is not None else how.batch
         else:
             infer = model.run_batch  # takes the model's lock on backends that need one

@@ -13,7 +13,7 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "TensorRTBackend": "backend", "prepare_tensorrt_bundle": "backend",
-    "BuildPlan": "plan", "OnnxSummary": "plan", "plan_build": "plan", "precision_policy": "plan",
+    "BuildPlan": "plan", "plan_build": "plan", "precision_policy": "plan",
     "batch_shapes": "plan", "check_quant_mode": "plan", "check_onnx_for_plan": "plan", "summarize_onnx": "plan",
     "effective_quant_mode": "plan", "ENGINE_FILE": "plan", "TIMING_CACHE_FILE": "plan",
     "CALIBRATION_CACHE_FILE": "plan",

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_resnet.backends.base import read_onnx_structure
+from edge_resnet.backends.onnx_facts import OnnxFacts, inspect_onnx
 from edge_resnet.backends.tensorrt.versions import (
     TrtGeneration,
     dla_gap_message,
@@ -260,43 +260,20 @@ def check_plan_matches(trt_version: str, plan: BuildPlan) -> None:
 # ------------------------------------------------------------------------------------------ ONNX checks
 
 
-@dataclass(frozen=True)
-class OnnxSummary:
-    input_name: str
-    input_shape: tuple[int, int, int]  # C, H, W
-    batch_dim: int | None  # None: dynamic
-    op_types: frozenset[str]
-    has_float16: bool
-    output_names: tuple[str, ...] = ()
-
-
-def summarize_onnx(onnx_path: Path) -> OnnxSummary:
-    """The facts about an ONNX file the build depends on (no weights are loaded)."""
-    import onnx
-
-    model = read_onnx_structure(onnx_path)
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise BackendError(f"{onnx_path} has {len(inputs)} inputs; the TensorRT backend expects one image input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+def summarize_onnx(onnx_path: Path) -> OnnxFacts:
+    """The facts about an ONNX file the build depends on (no weights are loaded): its image input
+    must be N x C x H x W with fixed C, H, W."""
+    facts = inspect_onnx(onnx_path, "TensorRT")
+    values = list(facts.input_dims)
     if len(values) != 4 or any(v is None for v in values[1:]):
         raise BackendError(
-            f"input {inputs[0].name!r} of {onnx_path} has shape {values}; expected N x C x H x W with fixed C, H, W",
+            f"input {facts.input_name!r} of {onnx_path} has shape {values}; expected N x C x H x W with fixed C, H, W",
             "export with a fixed image size and only the batch axis dynamic",
         )
-    f16 = onnx.TensorProto.FLOAT16
-    has_f16 = any(i.data_type == f16 for i in graph.initializer) or any(
-        a.name == "to" and a.i == f16 for n in graph.node if n.op_type == "Cast" for a in n.attribute
-    )
-    c, h, w = (int(v) for v in values[1:])  # type: ignore[arg-type]
-    return OnnxSummary(inputs[0].name, (c, h, w), values[0] or None, frozenset(n.op_type for n in graph.node),
-                       has_f16, tuple(o.name for o in graph.output))
+    return facts
 
 
-def check_onnx_for_plan(summary: OnnxSummary, plan: BuildPlan, onnx_path: Path) -> None:
+def check_onnx_for_plan(summary: OnnxFacts, plan: BuildPlan, onnx_path: Path) -> None:
     """Catch the mismatches TensorRT would report late or not at all."""
     has_qdq = "QuantizeLinear" in summary.op_types
     implicit = plan.quant_mode == QuantMode.IMPLICIT

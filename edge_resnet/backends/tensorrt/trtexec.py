@@ -37,10 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_resnet.backends.onnx_facts import OnnxFacts
 from edge_resnet.backends.tensorrt.files import BUILD_SCRIPT, DeviceBuild
 from edge_resnet.backends.tensorrt.plan import (
     BuildPlan,
-    OnnxSummary,
     check_onnx_for_plan,
     plan_build,
 )
@@ -112,7 +112,7 @@ def trtexec_command(profile: TargetProfile, onnx_name: str, engine_name: str, pr
 class BundleGraph:
     name: str
     sha256: str
-    summary: OnnxSummary
+    summary: OnnxFacts
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class PlanReader:
     """The worker's side of a :class:`DataPlan`: the source opened once per actor, batches by span."""
 
     def __init__(self, plan: DataPlan) -> None:
-        from edge_resnet.data.sources import open_listing
+        from edge_resnet.data.datasets import open_listing
 
         self.plan = plan
         self.listing = open_listing(plan.source, PreprocessSpec.from_dict(plan.spec), stride=plan.stride)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_resnet.data.datasets import IMAGE_EXTENSIONS, load_image, warn_truncated_video
 from edge_resnet.data.preprocess import ChannelOrder
-from edge_resnet.data.sources import IMAGE_EXTENSIONS, load_image, warn_truncated_video
 from edge_resnet.errors import DataError
 
 log = logging.getLogger(__name__)

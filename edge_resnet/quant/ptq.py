@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 
 from edge_resnet.data import Dataset
+from edge_resnet.graph.index import GraphIndex
 from edge_resnet.quant.bias_correction import correct_biases
 from edge_resnet.quant.calibrators import CalibrationMethod, compute_amax
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.qdq import (
     FORMAT_RULES,
-    GraphIndex,
     QDQReport,
     QuantConfig,
     insert_qdq,
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 # see the README of benchmarks/ for the figures behind this choice.
 DEFAULT_METHOD = CalibrationMethod.MSE
 DEFAULT_BATCH = 32
-# Off by default: on the one model measured (benchmarks/README.md) it moved SQNR by +0.05-0.13 dB
-# and agreement by one image either way, for ~40% more calibration time. --bias-correction turns it on.
+# Off by default: on the one model measured (benchmarks/README.md) its gain was within noise, for
+# noticeably more calibration time. --bias-correction turns it on.
 DEFAULT_BIAS_CORRECTION = False
 
 
@@ -78,8 +78,11 @@ class QuantizedGraph:
 
 def calibrate(model: onnx.ModelProto, data: Dataset, config: QuantConfig = QuantConfig(),
               options: CalibrationOptions = CalibrationOptions(), formats: tuple[ActivationFormat, ...] | None = None,
-              progress: bool = True) -> ActivationStats:
-    tensors = required_tensors(model, config, formats)
+              progress: bool = True, tensors: list[str] | None = None) -> ActivationStats:
+    """The statistics of one calibration pass over ``data``: of ``tensors``, by default those the Q/DQ
+    placement of ``config`` (or of every format in ``formats``) needs."""
+    if tensors is None:
+        tensors = required_tensors(model, config, formats)
     batches = (b.x for b in data.batches(options.batch_size))
     return collect_statistics(model, tensors, batches, total_images=len(data), threads=options.threads, progress=progress,
                               bias_correction=options.bias_correction)
