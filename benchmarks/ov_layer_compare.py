@@ -61,7 +61,7 @@ def profile(xml: Path, batch: int, input_size: int, iters: int, threads: int) ->
             exec_types[p.node_name] = p.exec_type
     out = {}
     for name, (layer_type, precision, original) in info.items():
-        if layer_type in ("Parameter", "Result"):
+        if layer_type in ("Parameter", "Result", "Input", "Output", "Const"):
             continue
         out[name] = Node(name, layer_type, exec_types.get(name, ""), precision, times.get(name, 0.0) / iters, original)
     return out

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -80,6 +80,9 @@ class QuantConfig:
     activation_format: ActivationFormat = ActivationFormat.S8S8
     exclude: tuple[str, ...] = ()  # node names (module names, e.g. "conv1", "fc") or op types ("Gemm")
     weight_range: WeightRange = WeightRange.FULL
+    # None: the format's rule; True: no quantizer on the conv branch of a residual Add (the conv output
+    # feeds the add in float), which OpenVINO fuses as Conv + sum + FakeQuantize all the same
+    fuse_residual: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_range", WeightRange(self.weight_range))
@@ -90,6 +93,11 @@ class QuantConfig:
     @property
     def weight_qmax(self) -> int:
         return WEIGHT_QMAX_OF[self.weight_range]
+
+    @property
+    def rule(self) -> FormatRule:
+        rule = FORMAT_RULES[self.activation_format]
+        return rule if self.fuse_residual is None else replace(rule, fuse_residual=self.fuse_residual)
 
     def excludes(self, node: onnx.NodeProto) -> bool:
         return node.name in self.exclude or node.op_type in self.exclude
@@ -168,18 +176,21 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     """
     config = config or QuantConfig()
     fmts = formats or (config.activation_format,)
+    rules = [config.rule] if formats is None else [FORMAT_RULES[f] for f in fmts]
     g = GraphIndex(model)
     wanted: dict[str, None] = {}
     nodes = quantized_nodes(model, config)
     names = {n.name for n in nodes}
-    fuse_all = all(FORMAT_RULES[f].fuse_residual for f in fmts)
+    fuse_all = all(r.fuse_residual for r in rules)
+    fused_branches = {g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if fuse_all else set()
     for node in nodes:
         skip = g.fusable_conv_branch(node, names) if node.op_type == "Add" and fuse_all else None
         for t in g.activation_inputs(node):
             if t != skip:
                 wanted[_scale_source(g, t)] = None
-        outputs_too = any(FORMAT_RULES[f].quantize_outputs for f in fmts)
-        if outputs_too and node.op_type in _OUTPUT_QUANTIZED and node.output[0] not in g.outputs:
+        outputs_too = any(r.quantize_outputs for r in rules)
+        if outputs_too and node.op_type in _OUTPUT_QUANTIZED and node.output[0] not in g.outputs \
+                and node.output[0] not in fused_branches:
             wanted[_scale_source(g, node.output[0])] = None
     return list(wanted)
 
@@ -235,7 +246,7 @@ def activation_scale(amax: float, levels: int = 127) -> float:
 
 def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConfig) -> tuple[onnx.ModelProto, QDQReport]:
     """Return a Q/DQ copy of ``model`` using per-tensor ``amax`` (from calibration)."""
-    rule = FORMAT_RULES[config.activation_format]
+    rule = config.rule
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = GraphIndex(out)
@@ -257,7 +268,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     if rule.quantize_outputs:
         for node in nodes:
             t = node.output[0]
-            if node.op_type in _OUTPUT_QUANTIZED and t not in g.outputs:
+            if node.op_type in _OUTPUT_QUANTIZED and t not in g.outputs and t not in fused.values():
                 dq = writer.dequantized(t)
                 for consumer in g.consumers[t]:
                     if consumer.name.startswith("_qdq/"):
