@@ -34,12 +34,15 @@ class Node:
     original: str  # IR layers fused into it
 
 
-def profile(xml: Path, batch: int, input_size: int, iters: int, threads: int) -> dict[str, Node]:
+def _compile(xml: Path, threads: int):
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(xml)), "CPU",
-                                  {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+    return core.compile_model(core.read_model(str(xml)), "CPU",
+                              {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+
+
+def _runtime_info(compiled) -> dict[str, tuple[str, str, str]]:
     info = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
@@ -48,22 +51,34 @@ def profile(xml: Path, batch: int, input_size: int, iters: int, threads: int) ->
             return str(rt[key].astype(str)) if key in rt else ""
 
         info[op.get_friendly_name()] = (get("layerType"), get("runtimePrecision"), get("originalLayersNames"))
-    request = compiled.create_infer_request()
+    return info
+
+
+def profile(xmls: list[Path], batch: int, input_size: int, iters: int, threads: int) -> list[dict[str, Node]]:
+    """Per-node mean time of each IR; the IRs run alternately, one inference each, so that the shared
+    machine's noise lands on all of them alike."""
+    compiled = [_compile(x, threads) for x in xmls]
+    requests = [c.create_infer_request() for c in compiled]
     x = np.random.default_rng(0).standard_normal((batch, 3, input_size, input_size)).astype(np.float32)
-    for _ in range(10):
-        request.infer({0: x})
-    times: dict[str, float] = defaultdict(float)
-    exec_types: dict[str, str] = {}
+    for request in requests:
+        for _ in range(10):
+            request.infer({0: x})
+    times: list[dict[str, float]] = [defaultdict(float) for _ in xmls]
+    exec_types: list[dict[str, str]] = [{} for _ in xmls]
     for _ in range(iters):
-        request.infer({0: x})
-        for p in request.get_profiling_info():
-            times[p.node_name] += p.real_time.total_seconds() * 1e3
-            exec_types[p.node_name] = p.exec_type
-    out = {}
-    for name, (layer_type, precision, original) in info.items():
-        if layer_type in ("Parameter", "Result", "Input", "Output", "Const"):
-            continue
-        out[name] = Node(name, layer_type, exec_types.get(name, ""), precision, times.get(name, 0.0) / iters, original)
+        for request, t, e in zip(requests, times, exec_types, strict=True):
+            request.infer({0: x})
+            for p in request.get_profiling_info():
+                t[p.node_name] += p.real_time.total_seconds() * 1e3
+                e[p.node_name] = p.exec_type
+    out = []
+    for c, t, e in zip(compiled, times, exec_types, strict=True):
+        nodes = {}
+        for name, (layer_type, precision, original) in _runtime_info(c).items():
+            if layer_type in ("Parameter", "Result", "Input", "Output", "Const"):
+                continue
+            nodes[name] = Node(name, layer_type, e.get(name, ""), precision, t.get(name, 0.0) / iters, original)
+        out.append(nodes)
     return out
 
 
@@ -96,10 +111,17 @@ def report(ours: dict[str, Node], peer: dict[str, Node], show_all: bool = False)
         if show_all or (o.exec_type, o.precision, o.layer_type) != (p.exec_type, p.precision, p.layer_type):
             print(f"  {name[-47:]:<48}{o.layer_type:<14}{o.exec_type + '/' + o.precision:<28}{o.ms:>7.3f}  "
                   f"{p.exec_type + '/' + p.precision:<28}{p.ms:>7.3f}")
+    print("\nfused into each convolution (ours | nncf), where the lists differ in length:")
+    for name, o in ours.items():
+        p = peer.get(name)
+        if p is not None and o.layer_type == "Convolution" and len(o.original.split(",")) != len(p.original.split(",")):
+            print(f"  {name}: {o.original} | {p.original}")
     for label, side, other in (("ours only", ours, peer), ("nncf only", peer, ours)):
         only = [n for k, n in side.items() if k not in other]
         print(f"\n{label}: {len(only)} nodes, {sum(n.ms for n in only):.3f} ms")
         for n in only:
+            if n.layer_type == "Reshape" and n.ms < 0.001:  # renamed free reshapes (weights' flatten)
+                continue
             print(f"  {n.name[-60:]:<61}{n.layer_type:<16}{n.exec_type + '/' + n.precision:<28}{n.ms:>7.3f}")
 
 
@@ -126,8 +148,7 @@ def main() -> None:
         work = args.save or Path(tempfile.mkdtemp(prefix="ovlayers-"))
         ours_xml, nncf_xml = build_openvino_pair(args.model, args.input_size, args.calib_count, work)
     print(f"ours: {ours_xml}\nnncf: {nncf_xml}\nbatch {args.batch}, {args.threads} threads, {args.iters} inferences")
-    ours = profile(ours_xml, args.batch, args.input_size, args.iters, args.threads)
-    peer = profile(nncf_xml, args.batch, args.input_size, args.iters, args.threads)
+    ours, peer = profile([ours_xml, nncf_xml], args.batch, args.input_size, args.iters, args.threads)
     report(ours, peer, args.all)
 
 
