@@ -174,7 +174,7 @@ def _calibration_tensors(fg: FloatGraph, profile: TargetProfile, config: QuantCo
 
 def quant_config(profile: TargetProfile, exclude: tuple[str, ...] = ()) -> QuantConfig:
     """The Q/DQ configuration of a build for ``profile`` on this host (its weight range resolved)."""
-    return QuantConfig(profile.activation_format, tuple(exclude), resolve_weight_range(profile))
+    return QuantConfig(profile.activation_format, tuple(exclude), resolve_weight_range(profile), profile.fuse_residual)
 
 
 def reusable_tensors(fg: FloatGraph, profile: TargetProfile) -> list[str]:

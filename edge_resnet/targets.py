@@ -61,6 +61,9 @@ class TargetProfile:
     fallback_precision: Precision = Precision.FP32  # for layers kept out of int8
     # "auto" on x86 CPU targets: 7-bit weights when the compiling host's CPU has no VNNI (edge_resnet.host_cpu)
     weight_range: WeightRange = WeightRange.FULL
+    # None: the activation format's placement; True: no Q/DQ on the conv branch of residual Adds
+    # (edge_resnet.quant.qdq.QuantConfig.fuse_residual)
+    fuse_residual: bool | None = None
     platform: str = "desktop"  # "desktop" | "jetson"
     performance_hint: str = "latency"  # OpenVINO: "latency" | "throughput"
     threads: int | None = None  # intra-op threads; None: the backend's default
@@ -92,6 +95,7 @@ class TargetProfile:
                 quant_mode=QuantMode(data.pop("quant_mode", "explicit")),
                 fallback_precision=Precision(data.pop("fallback_precision", "fp32")),
                 weight_range=WeightRange(data.pop("weight_range", None) or default_range),
+                fuse_residual=_optional_bool(data.pop("fuse_residual", None), "fuse_residual"),
                 platform=data.pop("platform", "desktop"),
                 performance_hint=data.pop("performance_hint", "latency"),
                 threads=data.pop("threads", None),
@@ -108,6 +112,12 @@ class TargetProfile:
                 f"invalid target profile {source or data.get('name', '?')}: {exc}",
                 "compare it with a shipped profile (`edge-resnet targets --json`)",
             ) from exc
+
+
+def _optional_bool(value: Any, key: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, not {value!r}")
+    return value
 
 
 def _default_weight_range(data: dict[str, Any]) -> WeightRange:

@@ -182,3 +182,33 @@ def test_every_reader_of_a_quantized_tensor_shares_its_dq(name, request):
         q2, _ = insert_qdq(model, amax, QuantConfig(S8, exclude=(first_bn_mul,)))
         excluded = next(n for n in q2.graph.node if n.name == first_bn_mul)
         assert not any(i.endswith("_dequantized") for i in excluded.input)
+
+
+def test_u8s8_fuse_residual_leaves_the_conv_branch_float_and_openvino_fuses_it(r50_random, tmp_path):
+    """The `cpu` target's placement: U8S8 with no Q/DQ between a block's last conv and its Add. The
+    identity input and the Add's output keep theirs, and OpenVINO still runs conv + add + relu + FQ
+    as one int8 convolution (no Add/Eltwise layer left in the runtime graph)."""
+    from edge_resnet.targets import get_target
+
+    assert get_target("cpu").fuse_residual is True and get_target("onnxruntime").fuse_residual is None
+    model, stats = r50_random
+    q = quantize_graph(model, stats, QuantConfig(U8, fuse_residual=True)).model
+    producers = {o: n for n in q.graph.node for o in n.output}
+    adds = [n for n in q.graph.node if n.op_type == "Add"]
+    assert len(adds) == 16
+    for add in adds:
+        assert sorted(producers[i].op_type for i in add.input) == ["Conv", "DequantizeLinear"], add.name
+    assert count_int8_ops(q) == Counter({"Conv": 53, "Add": 16, "MaxPool": 1, "GlobalAveragePool": 1, "Gemm": 1})
+
+    ov = pytest.importorskip("openvino")
+    from edge_resnet.backends.openvino import runtime_layers
+
+    path = tmp_path / "q.onnx"
+    onnx.save(q, path)
+    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    layers = runtime_layers(compiled, None)
+    convs = [x for x in layers if x.layer_type == "Convolution"]
+    assert len(convs) == 53 and all(x.runtime_precision in ("u8", "i8") for x in convs)
+    fused_adds = {n for x in convs for n in x.original_layers.split(",") if n in {a.name for a in adds}}
+    assert len(fused_adds) == 16
+    assert not [x.name for x in layers if x.layer_type in ("Eltwise", "Add")]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -82,6 +82,9 @@ class QuantConfig:
     activation_format: ActivationFormat = ActivationFormat.S8S8
     exclude: tuple[str, ...] = ()  # node names (module names, e.g. "conv1", "fc") or op types ("Gemm")
     weight_range: WeightRange = WeightRange.FULL
+    # None: the format's rule; True: no quantizer on the conv branch of a residual Add (the conv output
+    # feeds the add in float), which OpenVINO fuses as Conv + sum + FakeQuantize all the same
+    fuse_residual: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_range", WeightRange(self.weight_range))
@@ -92,6 +95,11 @@ class QuantConfig:
     @property
     def weight_qmax(self) -> int:
         return WEIGHT_QMAX_OF[self.weight_range]
+
+    @property
+    def rule(self) -> FormatRule:
+        rule = FORMAT_RULES[self.activation_format]
+        return rule if self.fuse_residual is None else replace(rule, fuse_residual=self.fuse_residual)
 
     def excludes(self, node: onnx.NodeProto) -> bool:
         return node.name in self.exclude or node.op_type in self.exclude
@@ -153,18 +161,21 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     """
     config = config or QuantConfig()
     fmts = formats or (config.activation_format,)
+    rules = [config.rule] if formats is None else [FORMAT_RULES[f] for f in fmts]
     g = GraphIndex(model)
     wanted: dict[str, None] = {}
     nodes = quantized_nodes(model, config)
     names = {n.name for n in nodes}
-    fuse_all = all(FORMAT_RULES[f].fuse_residual for f in fmts)
+    fuse_all = all(r.fuse_residual for r in rules)
+    fused_branches = {g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if fuse_all else set()
     for node in nodes:
         skip = fusable_conv_branch(g, node, names) if node.op_type == "Add" and fuse_all else None
         for t in activation_inputs(g, node):
             if t != skip:
                 wanted[_scale_source(g, t)] = None
-        outputs_too = any(FORMAT_RULES[f].quantize_outputs for f in fmts)
-        if outputs_too and node.op_type in _OUTPUT_QUANTIZED and node.output[0] not in g.outputs:
+        outputs_too = any(r.quantize_outputs for r in rules)
+        if outputs_too and node.op_type in _OUTPUT_QUANTIZED and node.output[0] not in g.outputs \
+                and node.output[0] not in fused_branches:
             wanted[_scale_source(g, node.output[0])] = None
     return list(wanted)
 
@@ -220,7 +231,7 @@ def activation_scale(amax: float, levels: int = 127) -> float:
 
 def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConfig) -> tuple[onnx.ModelProto, QDQReport]:
     """Return a Q/DQ copy of ``model`` using per-tensor ``amax`` (from calibration)."""
-    rule = FORMAT_RULES[config.activation_format]
+    rule = config.rule
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = GraphIndex(out)
@@ -242,7 +253,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     if rule.quantize_outputs:
         for node in nodes:
             t = node.output[0]
-            if node.op_type in _OUTPUT_QUANTIZED and t not in g.outputs:
+            if node.op_type in _OUTPUT_QUANTIZED and t not in g.outputs and t not in fused.values():
                 dq = writer.dequantized(t)
                 for consumer in g.consumers[t]:
                     if consumer.name.startswith("_qdq/"):
