@@ -167,7 +167,7 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     nodes = quantized_nodes(model, config)
     names = {n.name for n in nodes}
     fuse_all = all(r.fuse_residual for r in rules)
-    fused_branches = {g.fusable_conv_branch(n, names) for n in nodes if n.op_type == "Add"} if fuse_all else set()
+    fused_branches = {fusable_conv_branch(g, n, names) for n in nodes if n.op_type == "Add"} if fuse_all else set()
     for node in nodes:
         skip = fusable_conv_branch(g, node, names) if node.op_type == "Add" and fuse_all else None
         for t in activation_inputs(g, node):
