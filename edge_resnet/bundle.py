@@ -279,7 +279,7 @@ class Bundle:
 
     def load_runner(self, **options: Any):
         """Load the bundle's artifact with its backend: a Runner with ``infer(batch)``."""
-        from edge_resnet.backends.base import COMMON_LOAD_OPTIONS, get_backend
+        from edge_resnet.backends.base import check_load_options, get_backend
 
         art = self.artifact
         # a device-built artifact (artifact.device_build) is found and checked by its backend
@@ -291,13 +291,7 @@ class Bundle:
             )
         self._warn_if_saturating(art)
         backend = get_backend(art.backend)
-        allowed = None if backend.load_options is None else COMMON_LOAD_OPTIONS | backend.load_options
-        unknown = sorted(set(options) - allowed) if allowed is not None else []
-        if unknown:
-            from edge_resnet.errors import BackendError
-
-            raise BackendError(f"unknown load option(s) {', '.join(unknown)} for the {art.backend.value} backend",
-                               f"use {', '.join(sorted(allowed))} (or none)")
+        check_load_options(backend, options)
         for role, rel in art.files.items():
             self.file(rel, f"artifact file {role}")
         return backend.load(self.path, art, bundle=self, **options)
