@@ -118,7 +118,7 @@ class ModelSection(Section):
 
     source: str = key(str)
     output: str = key(str)
-    kind: str = key(str)
+    kind: str | None = key(str, _NONE)  # None: read from the output name (graph.head.manifest_kind)
     num_classes: int | None = key(int, _NONE)
     input: dict[str, Any] = key(dict)
     bn_fold: dict[str, Any] = key(dict)
