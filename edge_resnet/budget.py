@@ -64,6 +64,7 @@ from edge_resnet.compile import (
 from edge_resnet.data import Dataset, open_dataset
 from edge_resnet.data.recipes import DEFAULT_SEED
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
+from edge_resnet.manifest import ABSENT, BudgetSection
 from edge_resnet.targets import get_target, resolve_weight_range
 from edge_resnet.types import Precision, QuantMode
 from edge_resnet.validate.layers import LayerError, layer_sensitivity
@@ -273,14 +274,16 @@ def _publish(writer: BundleWriter, staged: CompileResult, result: ValidationResu
                                     result.kept_float, progress=state.progress)
     result.bundle = str(writer.out)
     result.bundle_sha256 = None  # written inside the bundle, before its manifest (and so its hash) exists
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
     assert result.budget is not None
-    manifest["budget"] = {
-        **state.budget.to_dict(), "metric": result.budget.metric, "drop": result.budget.drop, "passed": True,
-        "validation": VALIDATION_JSON, "attempts": [a.to_dict() for a in state.attempts],
-        "ranking": {"method": RANKING_METHOD, "images": state.budget.sensitivity_images,
-                    "layers": [e.to_dict() for e in state.ranking[:10]]} if state.ranking else None,
-    }
+    record = BudgetSection(
+        **state.budget.to_dict(), metric=result.budget.metric, drop=result.budget.drop, passed=True,
+        validation=VALIDATION_JSON, attempts=[a.to_dict() for a in state.attempts],
+        ranking={"method": RANKING_METHOD, "images": state.budget.sensitivity_images,
+                 "layers": [e.to_dict() for e in state.ranking[:10]]} if state.ranking else None,
+    )
+    # the staged manifest with the budget record; finish() writes format_version, files and integrity again
+    sections = replace(bundle.sections, budget=record, format_version=ABSENT, files=ABSENT, integrity=ABSENT)
+    manifest = sections.to_dict()
     with writer as w:
         assert w.dir is not None
         for entry in bundle.path.iterdir():

@@ -40,11 +40,15 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
 from edge_resnet.errors import BundleError, EdgeResnetError
+from edge_resnet.manifest import FIX_RECOMPILE as _FIX_RECOMPILE
+from edge_resnet.manifest import Manifest
+from edge_resnet.manifest import type_name as _type_name
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,6 @@ INTEGRITY_ALGORITHM = "sha256"
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB
 STAGING_MARKER = ".edge-resnet-staging.json"  # in staging directories: who is writing them
 STAGING_KINDS = ("partial", "budget", "old")  # .NAME.<kind>-XXXX next to the output
-_FIX_RECOMPILE = "compile the bundle again with `edge-resnet compile ... -o DIR` (or copy it again, completely)"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -123,48 +126,6 @@ def confined(root: str | os.PathLike[str], rel: Any, what: str = "file") -> Path
 # ------------------------------------------------------------------------------------------- manifest
 
 
-def _get(manifest: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = manifest
-    for key in dotted.split("."):
-        if not isinstance(value, Mapping) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value
-
-
-_MISSING = object()
-_NONE = type(None)
-# dotted key -> the JSON types compile writes; required keys first
-_REQUIRED: dict[str, tuple[type, ...]] = {
-    "files": (dict,), "model": (dict,), "preprocess": (dict,), "graphs": (dict,), "graphs.float": (str,),
-    "target": (dict,), "artifact": (dict,), "artifact.backend": (str,), "artifact.precision": (str,),
-    "artifact.files": (dict,),
-}
-_OPTIONAL: dict[str, tuple[type, ...]] = {
-    "labels": (str, _NONE), "artifact.info": (dict,), "calibration": (dict, _NONE), "kept_float": (list,),
-    "model.output": (str,), "model.num_classes": (int, _NONE), "precision": (str,), "budget": (dict, _NONE),
-    "quantization": (dict, _NONE),
-}
-_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", _NONE: "null", float: "a number",
-               bool: "true/false"}
-
-
-def _type_name(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _check_types(manifest: Mapping[str, Any], where: str) -> None:
-    for key, types in {**_REQUIRED, **_OPTIONAL}.items():
-        value = _get(manifest, key)
-        if value is _MISSING:
-            if key in _REQUIRED:
-                raise BundleError(f"{where} has no '{key}' entry", _FIX_RECOMPILE)
-            continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise BundleError(f"{where}: '{key}' is {_type_name(value)}, expected {want}", _FIX_RECOMPILE)
-
-
 def _referenced_paths(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """(what, relative path) of every file the manifest points to, besides its ``files`` list."""
     refs: list[tuple[str, Any]] = [(f"graphs.{k}", v) for k, v in manifest["graphs"].items()]
@@ -196,7 +157,7 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     if integrity["manifest_sha256"] != manifest_digest(manifest):
         raise BundleError(f"{where} was modified after compile wrote it (its integrity hash does not match)",
                           _FIX_RECOMPILE)
-    _check_types(manifest, where)
+    Manifest.from_dict(manifest, where)  # the types of every section this version reads
     files = manifest["files"]
     for name, digest in files.items():
         check_relpath(name, "file", where)
@@ -257,7 +218,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # as read (checked); its typed form is ``sections``
+
+    @cached_property
+    def sections(self) -> Manifest:
+        """The manifest's typed sections (edge_resnet.manifest)."""
+        return Manifest.from_dict(self.manifest, str(self.path / MANIFEST))
 
     @property
     def artifact(self):  # -> Artifact; imported lazily to keep this module light
@@ -279,7 +245,7 @@ class Bundle:
 
     @property
     def labels(self) -> list[str] | None:
-        name = self.manifest.get("labels")
+        name = self.sections.labels
         if not name:
             return None
         path = self.file(name, "labels")
@@ -297,7 +263,7 @@ class Bundle:
     @property
     def digest(self) -> str:
         """The manifest's integrity hash: identifies this bundle's contents wherever it is copied."""
-        return self.manifest["integrity"]["manifest_sha256"]
+        return self.sections.integrity.manifest_sha256
 
     def file(self, name: str, what: str = "file") -> Path:
         """The path of the bundle's file ``name``: listed in the manifest (so covered by its hashes) and
@@ -309,11 +275,11 @@ class Bundle:
         return confined(self.path, name, what)
 
     def float_model(self) -> Path:
-        return self.file(self.manifest["graphs"]["float"], "float graph")
+        return self.file(self.sections.graphs.float, "float graph")
 
     def load_runner(self, **options: Any):
         """Load the bundle's artifact with its backend: a Runner with ``infer(batch)``."""
-        from edge_resnet.backends.base import COMMON_LOAD_OPTIONS, get_backend
+        from edge_resnet.backends.base import check_load_options, get_backend
 
         art = self.artifact
         # a device-built artifact (artifact.device_build) is found and checked by its backend
@@ -325,13 +291,7 @@ class Bundle:
             )
         self._warn_if_saturating(art)
         backend = get_backend(art.backend)
-        allowed = None if backend.load_options is None else COMMON_LOAD_OPTIONS | backend.load_options
-        unknown = sorted(set(options) - allowed) if allowed is not None else []
-        if unknown:
-            from edge_resnet.errors import BackendError
-
-            raise BackendError(f"unknown load option(s) {', '.join(unknown)} for the {art.backend.value} backend",
-                               f"use {', '.join(sorted(allowed))} (or none)")
+        check_load_options(backend, options)
         for role, rel in art.files.items():
             self.file(rel, f"artifact file {role}")
         return backend.load(self.path, art, bundle=self, **options)
@@ -343,8 +303,9 @@ class Bundle:
         from edge_resnet.types import BackendName, Precision
 
         cpu = art.backend is BackendName.ONNXRUNTIME or (
-            art.backend is BackendName.OPENVINO and str(self.manifest.get("target", {}).get("device", "")).upper() == "CPU")
-        weights = (self.manifest.get("quantization") or {}).get("weight_range", "full")
+            art.backend is BackendName.OPENVINO and str(self.sections.target.get("device", "")).upper() == "CPU")
+        quantization = self.sections.quantization
+        weights = quantization.get("weight_range", "full") if quantization else "full"
         if art.precision is Precision.INT8 and cpu and weights == "full" and host_saturates_int8():
             log.warning("%s has full-range int8 weights, and this CPU has no VNNI: its 8-bit products saturate, "
                         "which costs accuracy; compile the bundle on this machine (weight_range \"auto\") or with "

@@ -22,6 +22,15 @@ from edge_resnet.errors import DataError, EdgeResnetError, QuantizationError
 from edge_resnet.graph.finite import check_finite
 from edge_resnet.graph.load import describe_input, load_onnx, require_image_input, save_onnx
 from edge_resnet.graph.prepare import FloatGraph, prepare_float_graph
+from edge_resnet.manifest import (
+    ABSENT,
+    ArtifactSection,
+    CalibrationSection,
+    GraphsSection,
+    Manifest,
+    ModelSection,
+    QuantizationSection,
+)
 from edge_resnet.quant.calibrators import CalibrationMethod
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.exclude import check_exclude
@@ -266,19 +275,19 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
         assert w.dir is not None
         save_onnx(fg.model, w.dir / FLOAT_ONNX)
         graphs = {"float": FLOAT_ONNX}
-        extra: dict[str, Any] = {}
+        quantization: dict[str, Any] = {}
         if qgraph is not None:
             save_onnx(qgraph.model, w.dir / INT8_ONNX)
             qgraph.save_scales(w.dir / SCALES)
             graphs["int8"] = INT8_ONNX
-            extra["quantization"] = {"format": profile.activation_format.value, "quantized": dict(qgraph.report.quantized),
-                                     "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude),
-                                     "weight_range": qgraph.config.weight_range.value,
-                                     "bias_correction": qgraph.bias_correction}
+            quantization = {"format": profile.activation_format.value, "quantized": dict(qgraph.report.quantized),
+                            "kept_float": qgraph.report.kept_float, "exclude": list(options.exclude),
+                            "weight_range": qgraph.config.weight_range.value,
+                            "bias_correction": qgraph.bias_correction}
         elif stats is not None:  # implicit TensorRT: scales for the calibration cache
             amax = stats.amax(options.calibration.method, **options.calibration.params())
             _write_scales(w.dir / SCALES, amax, options.calibration.method)
-            extra["quantization"] = {"mode": "implicit", "tensors": len(amax)}
+            quantization = {"mode": "implicit", "tensors": len(amax)}
         full_record = dict(calib_record) if calib_record else None
         labels = _labels(options, fg, calib_record)  # (drops class_names from the record)
         (w.dir / LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
@@ -286,26 +295,28 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
                                 spec, labels, fg.output_name, stats, options.calibration,
                                 dict(qgraph.report.quantizers) if qgraph is not None else {})
         artifact = get_backend(profile.backend).prepare_bundle(context)
-        manifest = {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {**source.describe(), "output": fg.output_name, "kind": fg.kind.value,
-                      **({"canonical": fg.canon.to_dict()} if fg.canon.changed else {}),
-                      "input": {"name": describe_input(fg.model).name, "shape": [None, 3, spec.input_size, spec.input_size]},
-                      "bn_fold": {"folded": len(fg.fold.folded), "kept": [b for b, _ in fg.fold.kept]}},
-            "precision": precision.value,
-            "preprocess": spec.to_dict(),
-            "inputs": declared_inputs(get_backend(profile.backend), spec, describe_input(fg.model).name),
-            "labels": LABELS,
-            "graphs": graphs,
-            "calibration": ({**calib_record, **options_dict(options.calibration), "scales": SCALES}
-                            if calib_record else None),
-            **extra,
-            "kept_float": list(qgraph.report.kept_float) if qgraph is not None else [],
-            "target": profile.to_dict(),
-            "artifact": artifact.to_dict(),
-            "tools": tool_versions(),
-            "host": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor()},
-        }
+        where = "the manifest compile writes"
+        model = {**source.describe(), "output": fg.output_name, "kind": fg.kind.value,
+                 **({"canonical": fg.canon.to_dict()} if fg.canon.changed else {}),
+                 "input": {"name": describe_input(fg.model).name, "shape": [None, 3, spec.input_size, spec.input_size]},
+                 "bn_fold": {"folded": len(fg.fold.folded), "kept": [b for b, _ in fg.fold.kept]}}
+        calib = {**calib_record, **options_dict(options.calibration), "scales": SCALES} if calib_record else None
+        manifest = Manifest(
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            model=ModelSection.from_dict(model, where, "model."),
+            precision=precision.value,
+            preprocess=spec.to_dict(),
+            inputs=declared_inputs(get_backend(profile.backend), spec, describe_input(fg.model).name),
+            labels=LABELS,
+            graphs=GraphsSection(**graphs),
+            calibration=CalibrationSection.from_dict(calib, where, "calibration.") if calib else None,
+            quantization=QuantizationSection(**quantization) if quantization else ABSENT,
+            kept_float=list(qgraph.report.kept_float) if qgraph is not None else [],
+            target=profile.to_dict(),
+            artifact=ArtifactSection.from_dict(artifact.to_dict(), where, "artifact."),
+            tools=tool_versions(),
+            host={"machine": platform.machine(), "system": platform.system(), "processor": platform.processor()},
+        ).to_dict()
         path = w.finish(manifest)
     log.info("wrote bundle %s", path)
     return CompileResult(load_bundle(path), fg, stats if precision is Precision.INT8 else None,

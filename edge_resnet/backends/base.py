@@ -213,17 +213,39 @@ class ThroughputConfig:
     batch: int = 4
 
 
+_NONE = type(None)
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true/false", _NONE: "None"}
+ANY_OBJECT: tuple[type, ...] = ()  # a load option taking any object (an injected module, for tests)
+
 # options every backend's ``load`` takes (a backend without the notion ignores it): callers such as the
-# benchmark pass them to any backend
-COMMON_LOAD_OPTIONS = frozenset({"threads", "hint"})
+# benchmark pass them to any backend; name -> the types it takes
+COMMON_LOAD_OPTIONS: dict[str, tuple[type, ...]] = {"threads": (int, _NONE), "hint": (str, _NONE)}
+
+
+def check_load_options(backend: Backend, options: dict[str, Any]) -> None:
+    """One BackendError for a load option ``backend`` does not declare, or of a type it does not take."""
+    if backend.load_options is None:
+        return
+    allowed = {**COMMON_LOAD_OPTIONS, **backend.load_options}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise BackendError(f"unknown load option(s) {', '.join(unknown)} for the {backend.name.value} backend",
+                           f"use {', '.join(sorted(allowed))} (or none)")
+    for name, value in options.items():
+        types = allowed[name]
+        if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            raise BackendError(f"load option {name}={value!r} for the {backend.name.value} backend is "
+                               f"{_TYPE_NAMES.get(type(value), type(value).__name__)}, expected {want}",
+                               f"pass {name} as {want} (or leave it out)")
 
 
 class Backend(ABC):
     name: BackendName
     library: str  # the Python module the backend needs, e.g. "openvino"
-    # the keyword options ``load`` takes besides COMMON_LOAD_OPTIONS; others are refused by Bundle.load_runner
-    # (None: not declared, nothing checked)
-    load_options: frozenset[str] | None = None
+    # the keyword options ``load`` takes besides COMMON_LOAD_OPTIONS, name -> the types each takes; others, and
+    # other types, are refused by Bundle.load_runner (check_load_options; None: not declared, nothing checked)
+    load_options: dict[str, tuple[type, ...]] | None = None
     takes_frames: bool = False  # load(..., frame_input=FrameInput(...)) gives a runner taking uint8 frames
 
     def throughput_config(self) -> ThroughputConfig | None:

@@ -244,7 +244,8 @@ def _with_frame_input(path: Path, frame_input: FrameInput) -> bytes:
 class OnnxRuntimeBackend(Backend):
     name = BackendName.ONNXRUNTIME
     library = "onnxruntime"
-    load_options = frozenset({"frame_input"})  # and threads (intra-op); a performance hint is ignored
+    # and threads (intra-op); a performance hint is ignored
+    load_options = {"frame_input": (FrameInput, type(None))}
     takes_frames = True
 
     def throughput_config(self) -> ThroughputConfig:

@@ -436,7 +436,7 @@ def with_frame_input(ov: ModuleType, model: Any, frame_input: FrameInput) -> Any
 class OpenVINOBackend(Backend):
     name = BackendName.OPENVINO
     library = "openvino"
-    load_options = frozenset({"inference_precision", "frame_input"})
+    load_options = {"inference_precision": (str, type(None)), "frame_input": (FrameInput, type(None))}
     takes_frames = True
 
     def throughput_config(self) -> ThroughputConfig:

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from edge_resnet.backends.base import Artifact, Backend, BundleContext, Runner
+from edge_resnet.backends.base import ANY_OBJECT, Artifact, Backend, BundleContext, Runner
 from edge_resnet.backends.tensorrt.build import build_engine, import_tensorrt
 from edge_resnet.backends.tensorrt.calibration_cache import write_calibration_cache
 from edge_resnet.backends.tensorrt.cuda import DeviceInfo, device_index, load_cuda
@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 class TensorRTBackend(Backend):
     name = BackendName.TENSORRT
     library = "tensorrt"
-    load_options = frozenset({"trt", "cuda", "device_index", "allow_device_mismatch", "allow_gpu_name_mismatch"})
+    load_options = {"trt": ANY_OBJECT, "cuda": ANY_OBJECT, "device_index": (int, type(None)),
+                    "allow_device_mismatch": (bool,), "allow_gpu_name_mismatch": (bool,)}
 
     # ---- calibration: every activation (implicit builds, the DLA route and the calibration cache read them all)
 
