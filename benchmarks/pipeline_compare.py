@@ -141,7 +141,8 @@ def stream_vs_loop(model: Any, frames: list[np.ndarray], rounds: int) -> dict[st
     return {"sequential_fps": med["sequential"], "stream_fps": med["stream"], "ratio": med["stream"] / med["sequential"]}
 
 
-def run_model(model_name: str, work: Path, frames: list[np.ndarray], rounds: int, threads: int) -> dict[str, Any]:
+def run_model(model_name: str, work: Path, frames: list[np.ndarray], rounds: int, threads: int,
+              targets: tuple[str, ...] = TARGETS) -> dict[str, Any]:
     import edge_resnet.runtime as rt
     from edge_resnet.bundle import load_bundle
 
@@ -155,7 +156,7 @@ def run_model(model_name: str, work: Path, frames: list[np.ndarray], rounds: int
     bundles = {(t, r): compile_bundle(work / f"{model_name}-{t}-{r}", t, model_name, r, calib)
                for t in TARGETS for r in ("pil", "opencv")}
     report: dict[str, Any] = {}
-    for target in TARGETS:
+    for target in targets:
         pil = rt.load(bundles[target, "pil"], threads=threads)
         cv = rt.load(bundles[target, "opencv"], threads=threads)
         host = rt.load(bundles[target, "pil"], threads=threads, normalize_in_engine=False)
@@ -247,13 +248,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--accuracy", action="store_true", help="Also measure what the resampler does to digits:test.")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     frames = photo_frames(args.frames)
     report: dict[str, Any] = {"frames": args.frames, "rounds": args.rounds, "threads": args.threads, "models": {}}
     for model_name in [m for m in args.models.split(",") if m != "none"]:
-        report["models"][model_name] = run_model(model_name, args.workdir, frames, args.rounds, args.threads)
+        report["models"][model_name] = run_model(model_name, args.workdir, frames, args.rounds, args.threads,
+                                               tuple(args.targets.split(",")))
     print(table(report))
     if args.accuracy:
         report["resampler_accuracy"] = acc = resampler_accuracy(args.workdir)
