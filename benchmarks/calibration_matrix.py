@@ -119,7 +119,7 @@ def ours(float_path: Path, calib: np.ndarray, fmt: str, out_dir: Path, methods: 
     import onnx
 
     from edge_resnet.graph.load import save_onnx
-    from edge_resnet.quant import pipeline
+    from edge_resnet.quant import ptq as pipeline
     from edge_resnet.quant.collect import collect_statistics
     from edge_resnet.quant.qdq import QuantConfig, required_tensors
     from edge_resnet.types import ActivationFormat
