@@ -178,6 +178,10 @@ def test_every_reader_of_a_quantized_tensor_shares_its_dq(name, request):
                      for t in n.input if t in quantized]
     assert float_readers == []
     if name.endswith("v2"):  # an excluded layer keeps reading the float tensor
+        # ResNet-18 v2's stem MaxPool feeds layer1.0's identity Add: a quantized neighbour, so it stays int8
+        # (test_s8s8_leaves_a_pooling_op_between_float_ops_float_as_modelopt_does has the other case)
+        stem = next(n for n in q.graph.node if n.op_type == "MaxPool")
+        assert next(n for n in q.graph.node if stem.input[0] in n.output).op_type == "DequantizeLinear"
         first_bn_mul = next(n.name for n in model.graph.node if n.op_type == "Mul")
         q2, _ = insert_qdq(model, amax, QuantConfig(S8, exclude=(first_bn_mul,)))
         excluded = next(n for n in q2.graph.node if n.name == first_bn_mul)
@@ -212,3 +216,35 @@ def test_u8s8_fuse_residual_leaves_the_conv_branch_float_and_openvino_fuses_it(r
     fused_adds = {n for x in convs for n in x.original_layers.split(",") if n in {a.name for a in adds}}
     assert len(fused_adds) == 16
     assert not [x.name for x in layers if x.layer_type in ("Eltwise", "Add")]
+
+
+def test_s8s8_leaves_a_pooling_op_between_float_ops_float_as_modelopt_does(digits_r18):
+    """ResNet v2's stem is conv1 -> Pad -> MaxPool -> the first block's BN (Mul/Add): neither neighbour of
+    the MaxPool is quantized, so ModelOpt (partitioning.find_quantizable_nodes) keeps it float, and so does
+    our S8S8 (its input is the stem conv's raw output: wide and signed). v2's 1x1 MaxPool shortcuts read a
+    quantized Add and stay int8; U8S8 quantizes the stem conv's output and keeps its MaxPool int8."""
+    import torch
+
+    from edge_resnet.quant.collect import collect_statistics
+
+    torch.manual_seed(0)
+    model = export_float_graph(build_model("resnet50-v2", num_classes=10).eval(), 32).model
+    tensors = [model.graph.input[0].name] + [o for n in model.graph.node for o in n.output]
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    amax = collect_statistics(model, tensors, iter([x]), total_images=2, progress=False).amax("minmax")
+    stem = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    assert next(n for n in model.graph.node if stem.input[0] in n.output).op_type == "Pad"
+    for fmt, stem_int8 in ((S8, False), (U8, True)):
+        q, _ = insert_qdq(model, amax, QuantConfig(fmt))
+        producers = {o: n for n in q.graph.node for o in n.output}
+        pools = [n for n in q.graph.node if n.op_type == "MaxPool"]
+        assert len(pools) == 4  # the stem and three stride-2 shortcuts
+        kinds = {n.name: producers[n.input[0]].op_type for n in pools}
+        assert kinds.pop(stem.name) == ("DequantizeLinear" if stem_int8 else "Pad"), fmt
+        assert set(kinds.values()) == {"DequantizeLinear"}, (fmt, kinds)
+    v1 = digits_r18.float_graph  # conv -> ReLU -> MaxPool -> conv
+    tensors = [v1.graph.input[0].name] + [o for n in v1.graph.node for o in n.output]
+    size = v1.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
+    amax = collect_statistics(v1, tensors, iter([x]), total_images=2, progress=False).amax("minmax")
+    assert count_int8_ops(insert_qdq(v1, amax, QuantConfig(S8))[0])["MaxPool"] == 1

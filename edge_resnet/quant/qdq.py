@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 WEIGHTED_OPS = frozenset({"Conv", "Gemm"})
 INT8_OPS = frozenset({"Conv", "Gemm", "Add", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"})
 SCALE_PRESERVING = frozenset({"MaxPool", "GlobalMaxPool", "Flatten", "Reshape"})
+POOLING_OPS = frozenset({"MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"})
+# ModelOpt's copy ops (modelopt/onnx/op_types.py, get_copy_ops): a pooling op sees its neighbours through them
+COPY_OPS = frozenset({"Flatten", "Transpose", "Concat", "Split", "Squeeze", "Expand", "ReverseSequence", "Reshape", "Tile",
+                      "Gather", "Slice", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "OneHot"})
 _OUTPUT_QUANTIZED = frozenset({"Conv", "Add", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "AveragePool"})
 WEIGHT_QMAX = 127
 # the largest |integer weight| of each range (AUTO is resolved by the caller: edge_resnet.targets)
@@ -64,6 +68,8 @@ class FormatRule:
     int32_bias: bool
     fuse_residual: bool = False  # leave the conv-branch input of a residual Add unquantized (TensorRT)
     unsigned_nonnegative: bool = False  # zero point 0, 255 levels for tensors that cannot be negative
+    # quantize a pooling op only next to a quantized op (TensorRT/ModelOpt): see pooling_has_quantized_neighbour
+    pooling_needs_quantized_neighbour: bool = False
 
     @property
     def np_dtype(self) -> type:
@@ -71,7 +77,8 @@ class FormatRule:
 
 
 FORMAT_RULES: dict[ActivationFormat, FormatRule] = {
-    ActivationFormat.S8S8: FormatRule(TensorProto.INT8, 0, quantize_outputs=False, int32_bias=False, fuse_residual=True),
+    ActivationFormat.S8S8: FormatRule(TensorProto.INT8, 0, quantize_outputs=False, int32_bias=False, fuse_residual=True,
+                                      pooling_needs_quantized_neighbour=True),
     ActivationFormat.U8S8: FormatRule(TensorProto.UINT8, 128, quantize_outputs=True, int32_bias=True,
                                       unsigned_nonnegative=True),
 }
@@ -138,7 +145,9 @@ def activation_inputs(g: GraphIndex, node: onnx.NodeProto) -> list[str]:
     return []
 
 
-def quantized_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[onnx.NodeProto]:
+def quantized_nodes(model: onnx.ModelProto, config: QuantConfig, rule: FormatRule | None = None) -> list[onnx.NodeProto]:
+    """The nodes whose activation inputs get Q/DQ under ``rule`` (default: the config's)."""
+    rule = rule or config.rule
     g = GraphIndex(model)
     out = []
     for node in model.graph.node:
@@ -149,7 +158,32 @@ def quantized_nodes(model: onnx.ModelProto, config: QuantConfig) -> list[onnx.No
         if node.op_type == "Add" and len(activation_inputs(g, node)) != 2:
             continue  # a bias add, not a residual add
         out.append(node)
+    if rule.pooling_needs_quantized_neighbour:
+        others = {n.name for n in out if n.op_type not in POOLING_OPS}
+        out = [n for n in out if n.op_type not in POOLING_OPS or pooling_has_quantized_neighbour(g, n, others)]
     return out
+
+
+def pooling_has_quantized_neighbour(g: GraphIndex, pool: onnx.NodeProto, quantized: set[str]) -> bool:
+    """ModelOpt's rule for pooling ops (modelopt/onnx/quantization/partitioning.py, find_quantizable_nodes):
+    quantize one only when a consumer is quantized, or a producer is, looking through copy ops (and Cast,
+    for producers). A MaxPool behind a Pad, between two float ops (ResNet v2's stem: conv1 -> Pad ->
+    MaxPool -> the first block's BN), stays float: TensorRT gains no int8 kernel there, and its input,
+    a conv output with no BN or ReLU after it, is wide and signed."""
+
+    def consumer_quantized(tensor: str, depth: int = 0) -> bool:
+        return depth < 100 and any(
+            c.name in quantized or (c.op_type in COPY_OPS and any(consumer_quantized(o, depth + 1) for o in c.output))
+            for c in g.consumers.get(tensor, []))
+
+    def producer_quantized(tensor: str, depth: int = 0) -> bool:
+        p = g.producer.get(tensor)
+        if p is None or depth >= 100:
+            return False
+        return p.name in quantized or ((p.op_type in COPY_OPS or p.op_type == "Cast")
+                                       and any(producer_quantized(i, depth + 1) for i in p.input if i not in g.constants))
+
+    return any(consumer_quantized(o) for o in pool.output) or producer_quantized(pool.input[0])
 
 
 def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
@@ -164,7 +198,8 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
     rules = [config.rule] if formats is None else [FORMAT_RULES[f] for f in fmts]
     g = GraphIndex(model)
     wanted: dict[str, None] = {}
-    nodes = quantized_nodes(model, config)
+    in_any = {n.name for r in rules for n in quantized_nodes(model, config, r)}
+    nodes = [n for n in model.graph.node if n.name in in_any]
     names = {n.name for n in nodes}
     fuse_all = all(r.fuse_residual for r in rules)
     fused_branches = {fusable_conv_branch(g, n, names) for n in nodes if n.op_type == "Add"} if fuse_all else set()
