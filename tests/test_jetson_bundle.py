@@ -319,13 +319,14 @@ def test_script_usage_and_unknown_option(tmp_path: Path, bundles) -> None:
     subprocess.run(["bash", "-n", str(bundle / "build_engine.sh")], check=True)
 
 
-def test_script_deepstream_engine(tmp_path: Path, bundles) -> None:
-    bundle = copy_bundle(bundles["nano"], tmp_path / "b")
+@pytest.mark.parametrize(("name", "output"), [("nano", "probabilities"), ("headless", "features")])
+def test_script_deepstream_engine(tmp_path: Path, bundles, name: str, output: str) -> None:
+    bundle = copy_bundle(bundles[name], tmp_path / "b")
     install_trtexec(tmp_path / "bin", "10.3.0")
     res = run_script(bundle, tmp_path / "bin", "--deepstream")
     assert res.returncode == 0, res.stderr
     header, meta = read_plan((bundle / "model.deepstream.plan").read_bytes())
-    assert header == (10, 3, 0) and meta["output"] == "probabilities"
+    assert header == (10, 3, 0) and meta["output"] == output
     assert read_record(bundle / "engine.json").extra["deepstream_engine"]["file"] == "model.deepstream.plan"
 
 
@@ -444,12 +445,28 @@ def test_implicit_deepstream_uses_the_device_cache(tmp_path: Path, bundles) -> N
 
 
 def test_headless_bundle_attaches_tensors(bundles) -> None:
-    """Row 10: features are not class scores: network-type=100 and output-tensor-meta=1, no labels."""
-    prop = _ds_config(bundles["headless"])
+    """Row 10: features are not class scores: network-type=100 and output-tensor-meta=1, no labels. Issue 13:
+    the features graph takes raw pixels too (net-scale-factor=1, zero offsets), so nvinfer's features are the
+    runtime's, to float rounding."""
+    bundle = bundles["headless"]
+    prop = _ds_config(bundle)
     assert prop["network-type"] == "100" and prop["output-tensor-meta"] == "1"
-    assert prop["output-blob-names"] == "features" and prop["model-engine-file"] == "model.plan"
+    assert prop["output-blob-names"] == "features" and prop["model-engine-file"] == "model.deepstream.plan"
     assert "labelfile-path" not in prop and "classifier-threshold" not in prop
-    assert not (bundles["headless"] / "labels.deepstream.txt").exists()
+    assert not (bundle / "labels.deepstream.txt").exists()
+    assert (prop["net-scale-factor"], prop["offsets"]) == ("1.0", "0.0;0.0;0.0")
+    model = onnx.load(str(bundle / prop["onnx-file"]))
+    assert [i.name for i in model.graph.input] == ["pixels"] and [o.name for o in model.graph.output] == ["features"]
+    pixels = np.random.default_rng(1).integers(0, 256, size=(8, 3, 32, 32)).astype(np.float32)
+    spec = json.loads((bundle / "manifest.json").read_text())["preprocess"]
+    mean, std = (np.asarray(spec[k], np.float32).reshape(1, 3, 1, 1) for k in ("mean", "std"))
+    features = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"pixels": pixels})[0]
+    reference = ort.InferenceSession(str(bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": (pixels / np.float32(255) - mean) / std})[0]
+    np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-6)
+    script = (bundle / "build_engine.sh").read_text()
+    assert "model.deepstream.onnx" in script and "model.deepstream.plan" in script
 
 
 def test_dla_keys_only_with_dla(bundles) -> None:

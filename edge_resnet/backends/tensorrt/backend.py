@@ -231,6 +231,14 @@ class _Route:
     graph_role: str  # "int8" (Q/DQ graph) or "float"
     classifier: bool
     device_build: DeviceBuild
+    # the DeepStream graph takes raw pixels and normalises them (exact); not for implicit (DLA) builds, whose
+    # calibration cache has no scales for the normalisation ops
+    pixel_input: bool = False
+
+    @property
+    def deepstream_graph(self) -> bool:
+        """DeepStream gets a graph (and engine) of its own: a classifier's Softmax, or a raw-pixel input."""
+        return self.classifier or self.pixel_input
 
 
 def _route(context: BundleContext) -> _Route:
@@ -243,34 +251,38 @@ def _route(context: BundleContext) -> _Route:
                            "compile with --int8 for an explicit profile")
     classifier = context.output_name == "logits" and bool(context.labels)
     implicit_anywhere = precision is Precision.INT8 and (profile.quant_mode is QuantMode.IMPLICIT or is_dla(profile))
-    return _Route(mode, graph_role, classifier, DeviceBuild.make(implicit=implicit_anywhere, deepstream=classifier))
+    pixel_input = not implicit_anywhere and not (precision is Precision.INT8 and mode is QuantMode.IMPLICIT)
+    return _Route(mode, graph_role, classifier, DeviceBuild.make(implicit=implicit_anywhere, deepstream=classifier or pixel_input),
+                  pixel_input)
 
 
 def _deepstream(context: BundleContext, route: _Route) -> dict[str, str]:
-    """DeepStream files: config, and for classifiers the Softmax graph and nvinfer's labels file."""
+    """DeepStream files: config; a graph of its own (a classifier's Softmax, raw-pixel input where the build
+    allows it); for classifiers nvinfer's labels file."""
     out, precision, profile = context.out_dir, context.precision, context.profile
     mode, device_build, graph_role, classifier = route.mode, route.device_build, route.graph_role, route.classifier
     int8 = precision is Precision.INT8
     implicit = int8 and mode is QuantMode.IMPLICIT
     calib = (device_build.calibration_cache if implicit else CALIBRATION_CACHE) if int8 else None
     files: dict[str, str] = {}
-    # an implicit build's (DLA's) calibration cache has no scales for the normalisation ops
-    in_graph = classifier and not implicit and device_build.calibration_cache is None
-    if classifier:
-        source = context.graphs[graph_role]
-        model = softmax_graph(onnx.load(str(source)), context.output_name)
+    if route.deepstream_graph:
         from edge_resnet.graph.input_normalization import with_pixel_input
         from edge_resnet.graph.load import save_onnx
 
-        save_onnx(with_pixel_input(model, context.spec) if in_graph else model, out / DEEPSTREAM_ONNX)
-        write_labels(out / DEEPSTREAM_LABELS, context.labels)
-        files.update(deepstream_onnx=DEEPSTREAM_ONNX, deepstream_labels=DEEPSTREAM_LABELS)
+        model = onnx.load(str(context.graphs[graph_role]))
+        if classifier:
+            model = softmax_graph(model, context.output_name)
+        save_onnx(with_pixel_input(model, context.spec) if route.pixel_input else model, out / DEEPSTREAM_ONNX)
+        files["deepstream_onnx"] = DEEPSTREAM_ONNX
+        if classifier:
+            write_labels(out / DEEPSTREAM_LABELS, context.labels)
+            files["deepstream_labels"] = DEEPSTREAM_LABELS
         ds = DeepStreamFiles(DEEPSTREAM_ONNX, device_build.deepstream_engine or "model.deepstream.plan", calib,
-                             DEEPSTREAM_LABELS, PROBABILITIES)
+                             DEEPSTREAM_LABELS if classifier else None, PROBABILITIES if classifier else context.output_name)
     else:
         ds = DeepStreamFiles(context.graphs[graph_role].name, device_build.engine, calib, None, context.output_name)
     text = nvinfer_config(profile, context.spec.to_dict(), ds, len(context.labels) if classifier else None,
-                          precision.value, normalized_in_graph=in_graph)
+                          precision.value, normalized_in_graph=route.pixel_input, own_engine=route.deepstream_graph)
     (out / DEEPSTREAM_CONFIG).write_text(text, encoding="utf-8", newline="\n")
     files["deepstream_config"] = DEEPSTREAM_CONFIG
     return files
@@ -281,7 +293,7 @@ def _build_here(backend: TensorRTBackend, context: BundleContext, route: _Route,
     """The engine (and DeepStream's) built now: this machine is the target."""
     profile, precision, out = context.profile, context.precision, context.out_dir
     built = backend.compile(context.graphs[route.graph_role], profile, out, precision, trt=trt, cuda=cuda)
-    if route.classifier:
+    if route.deepstream_graph:
         name = route.device_build.deepstream_engine or "model.deepstream.plan"
         backend.compile(out / DEEPSTREAM_ONNX, profile, out, precision, trt=trt, cuda=cuda, engine_name=name)
         files["deepstream_engine"] = name
@@ -293,14 +305,14 @@ def _build_on_device(context: BundleContext, route: _Route, files: dict[str, str
     """``build_engine.sh``, with the sha256 of every graph it may read; returns the device-built file names."""
     profile, precision, out = context.profile, context.precision, context.out_dir
     graphs = {role: _graph(path) for role, path in context.graphs.items()}
-    if route.classifier:
+    if route.deepstream_graph:
         graphs["deepstream"] = _graph(out / DEEPSTREAM_ONNX)
     cache = (CALIBRATION_CACHE, sha256_path(out / CALIBRATION_CACHE)) if "calibration_cache" in files else None
     dla_reason = ("DLA takes INT8 only from implicit quantization (NVIDIA/TensorRT#2222): on TensorRT 8.x/10.x this\n"
                   "script builds the float graph with the Q/DQ graph's scales in a calibration cache.") \
         if is_dla(profile) and precision is Precision.INT8 else ""
     write_build_script(out, ScriptSpec(profile, precision, graphs, route.device_build, cache,
-                                       route.graph_role if route.classifier else None, dla_reason))
+                                       route.graph_role if route.deepstream_graph else None, dla_reason))
     files["build_script"] = BUILD_SCRIPT
     return route.device_build.to_dict()
 

@@ -97,10 +97,12 @@ class DeepStreamFiles:
 
 
 def nvinfer_config(profile: Any, spec_dict: Mapping[str, Any], files: DeepStreamFiles, num_classes: int | None,
-                   precision: str, *, classifier_threshold: float = 0.0, normalized_in_graph: bool = False) -> str:
+                   precision: str, *, classifier_threshold: float = 0.0, normalized_in_graph: bool = False,
+                   own_engine: bool | None = None) -> str:
     """A Gst-nvinfer config (``[property]`` group) running the model as a primary classifier, or (no classes) as a
     network whose output tensors are attached as metadata. ``normalized_in_graph``: the graph takes raw pixels
-    (:func:`edge_resnet.graph.input_normalization.with_pixel_input`): ``net-scale-factor=1``, zero offsets."""
+    (:func:`edge_resnet.graph.input_normalization.with_pixel_input`): ``net-scale-factor=1``, zero offsets.
+    ``own_engine`` (default: a classifier's): the engine is DeepStream's own, built by ``build_engine.sh --deepstream``."""
     raw_order = spec_dict.get("channel_order", "rgb")
     order = str(getattr(raw_order, "value", raw_order)).lower()  # a str or edge_resnet's ChannelOrder enum
     if order not in COLOR_FORMAT:
@@ -119,7 +121,7 @@ def nvinfer_config(profile: Any, spec_dict: Mapping[str, Any], files: DeepStream
     lines = [
         f"# DeepStream nvinfer config for {profile.name}, made by edge-resnet: {what}.",
         *( ["# Build the engine first with ./build_engine.sh --deepstream (else nvinfer builds it from onnx-file)."]
-           if classifier else ["# Build the engine first with ./build_engine.sh."]),
+           if (classifier if own_engine is None else own_engine) else ["# Build the engine first with ./build_engine.sh."]),
         *_preprocessing_comments(spec_dict, norm),
         "[property]",
         "gpu-id=0",

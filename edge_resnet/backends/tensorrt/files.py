@@ -14,7 +14,7 @@ BUILD_SCRIPT = "build_engine.sh"
 CALIBRATION_CACHE = "calibration.cache"  # the scales, with the header of the profile's default TensorRT
 DEEPSTREAM_CONFIG = "deepstream_nvinfer.txt"
 DEEPSTREAM_LABELS = "labels.deepstream.txt"  # nvinfer's format: one line per output layer, labels ';'-separated
-DEEPSTREAM_ONNX = "model.deepstream.onnx"  # the classifier graph with a Softmax (nvinfer thresholds probabilities)
+DEEPSTREAM_ONNX = "model.deepstream.onnx"  # DeepStream's graph: raw-pixel input, and a Softmax for classifiers
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class DeviceBuild:
     timing_cache: str = "timing.cache"
     log: str = "trtexec.log"
     calibration_cache: str | None = None  # implicit builds: calibration.cache with this device's header
-    deepstream_engine: str | None = None  # classifiers: the DeepStream graph's engine (./build_engine.sh --deepstream)
+    deepstream_engine: str | None = None  # the DeepStream graph's engine (./build_engine.sh --deepstream)
     deepstream_log: str | None = None
 
     def to_dict(self) -> dict[str, str]:
