@@ -13,7 +13,9 @@ from edge_resnet.quant.calibrators import (
     compute_amax,
     entropy,
     minmax,
+    minmax_range,
     mse,
+    mse_range,
     percentile,
 )
 from edge_resnet.quant.histogram import STATS_NUM_BINS, StreamingHistogram
@@ -301,6 +303,49 @@ def test_mse_beats_minmax_with_outliers() -> None:
 def test_mse_keeps_the_range_of_a_uniform() -> None:
     x = np.random.default_rng(RNG_SEED).uniform(-1, 1, 200_000).astype(np.float32)
     assert mse(_hist(x)) >= 0.98 * float(np.abs(x).max())
+
+
+def _asymmetric_fake_quant_mse(x: np.ndarray, lo: float, hi: float) -> float:
+    step = (hi - lo) / 255
+    z = np.rint(-lo / step)
+    q = np.clip(np.rint(x.astype(np.float64) / step) + z, 0, 255)
+    return float(np.mean(np.square((q - z) * step - x)))
+
+
+def test_mse_range_is_the_best_uint8_grid_on_a_skewed_tensor() -> None:
+    """A conv output feeding a residual Add: mostly positive, heavy-tailed, a short negative side. The
+    range mse_range picks, checked on the raw samples against a brute-force grid of (step, zero point)
+    pairs and against the symmetric quantizer (zero point 128) that U8S8 used before."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = np.concatenate([rng.gamma(2.0, 2.0, 50_000), -rng.gamma(1.0, 0.4, 10_000)]).astype(np.float32)
+    h = _hist(x)
+    lo, hi = mse_range(h)
+    assert lo <= 0 <= hi and minmax_range(h) == (float(x.min()), float(x.max()))
+    step = (hi - lo) / 255
+    assert abs(-lo / step - round(-lo / step)) < 1e-6  # 0 is a grid point: the zero point is exact
+    ours = _asymmetric_fake_quant_mse(x, lo, hi)
+    brute = min(_asymmetric_fake_quant_mse(x, -z * s, (255 - z) * s)
+                for s in np.linspace(0.05, float(x.max() - x.min()) / 255, 40) for z in range(0, 64, 3))
+    assert ours <= 1.01 * brute
+    a = mse(h)
+    symmetric = float(np.mean(np.square(np.clip(np.rint(x / (a / 127)), -127, 127) * (a / 127) - x)))
+    assert ours < 0.6 * symmetric
+
+
+def test_mse_range_of_a_one_sided_tensor_uses_every_level_on_that_side() -> None:
+    x = np.random.default_rng(RNG_SEED).uniform(0, 3, 100_000).astype(np.float32)
+    lo, hi = mse_range(_hist(x))
+    assert lo == 0 and hi >= 0.98 * float(x.max())
+    lo, hi = mse_range(_hist(-x))
+    assert hi == 0 and -lo >= 0.98 * float(x.max())
+
+
+def test_mse_range_needs_the_negative_side() -> None:
+    arrays = _hist(_gaussian()).to_arrays()
+    del arrays["neg_counts"]
+    arrays["format_version"] = np.array(1)
+    with pytest.raises(QuantizationError, match="negative values apart"):
+        mse_range(StreamingHistogram.from_arrays(arrays))
 
 
 # -- registry, validation, degenerate inputs ---------------------------------------------------------

@@ -24,7 +24,7 @@ def _reference(values: np.ndarray, width: float, num_bins: int) -> tuple[np.ndar
     a = np.abs(np.asarray(values, dtype=np.float64).ravel())
     edges = np.arange(num_bins + 1, dtype=np.float64) * width
     idx = np.searchsorted(edges, a, side="left")  # 0 for |x| == 0, k+1 for k*w < |x| <= (k+1)*w
-    assert idx.max() <= num_bins
+    assert idx.max(initial=0) <= num_bins
     full = np.bincount(idx, minlength=num_bins + 1)
     return full[1:], int(full[0])
 
@@ -50,6 +50,7 @@ def test_one_batch_matches_reference_binning() -> None:
     assert h.num_bins * w / 2 < h.amax <= h.num_bins * w  # more than half the bins span data
     counts, zeros = _reference(x, w, h.num_bins)
     np.testing.assert_array_equal(h.counts, counts)
+    np.testing.assert_array_equal(h.neg_counts, _reference(x[x < 0], w, h.num_bins)[0])  # the negative side
     assert h.zero_count == zeros == 7
     assert h.count == x.size
     assert h.min == float(x.min()) and h.max == float(x.max())
@@ -67,6 +68,7 @@ def test_subnormal_values_are_not_counted_as_zeros() -> None:
     h = _hist(np.array([tiny, -tiny, 0.0, 1e6], dtype=np.float32))
     assert h.bin_width == 2.0**9
     assert h.zero_count == 1 and h.counts[0] == 2 and h.counts[math.ceil(1e6 / 2**9) - 1] == 1
+    assert h.neg_counts[0] == 1 and h.neg_counts.sum() == 1  # -tiny: negative, in bin 0, not a zero
     smallest = _hist(np.array([2.0**-149], dtype=np.float32))  # w = 2**-160: scaled in float64
     assert smallest.bin_width == 2.0**-160 and smallest.counts[-1] == 1 and smallest.zero_count == 0
 
@@ -186,6 +188,19 @@ def test_npz_round_trip(tmp_path) -> None:
         assert StreamingHistogram.from_arrays(empty.to_arrays()) == empty
 
 
+def test_statistics_saved_by_format_1_still_load_without_the_negative_side() -> None:
+    """Format 1 had no neg_counts: such a histogram loads, streams and merges, with ``neg_counts`` None
+    (asymmetric ranges then fall back to symmetric quantizers, see quant.ptq.signed_ranges)."""
+    h = _hist(*_batches(3))
+    arrays = h.to_arrays()
+    del arrays["neg_counts"]
+    arrays["format_version"] = np.array(1)
+    old = StreamingHistogram.from_arrays(arrays)
+    assert old.neg_counts is None and np.array_equal(old.counts, h.counts)
+    old.update(np.float32([-1.0, 2.0]))
+    assert old.neg_counts is None and old.count == h.count + 2
+    assert _hist(*_batches(4)).merge(old).neg_counts is None
+
 @pytest.mark.parametrize(
     "corrupt",
     [
@@ -194,6 +209,8 @@ def test_npz_round_trip(tmp_path) -> None:
         lambda a: a.__setitem__("bin_width", a["bin_width"] * 2),
         lambda a: a.__setitem__("format_version", np.array(99)),
         lambda a: a.__setitem__("max", np.array(np.nan)),
+        lambda a: a.pop("neg_counts"),
+        lambda a: a.__setitem__("neg_counts", a["counts"] + 1),
     ],
 )
 def test_from_arrays_rejects_corrupt_data(corrupt) -> None:
@@ -232,6 +249,7 @@ def test_streaming_equals_one_shot_for_any_split(values: list[float], cuts: list
         counts, zeros = _reference(x, one_shot.bin_width, num_bins)
         np.testing.assert_array_equal(one_shot.counts, counts)
         assert one_shot.zero_count == zeros
+        np.testing.assert_array_equal(one_shot.neg_counts, _reference(x[x < 0], one_shot.bin_width, num_bins)[0])
 
 
 def test_update_is_faster_than_onnxruntime_histogram_collector() -> None:

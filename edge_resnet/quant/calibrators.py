@@ -10,6 +10,10 @@ divides by 0 downstream; such a tensor quantizes to all zeros whatever its scale
   ModelOpt and pytorch-quantization implement it, vectorized over the candidates.
 * ``mse``: the threshold with the least mean squared error of fake-quantization (clip and round).
 
+Asymmetric ranges ``(lo, hi)`` (uint8 with a zero point, for signed tensors in U8S8), from the
+histogram's two sides (``neg_counts``): ``minmax`` gives ``[min, max]``, ``mse`` the 255-step grid
+with the least squared error (``mse_range``). Percentile and entropy stay symmetric.
+
 An empty histogram (no values seen) raises ``QuantizationError``.
 """
 
@@ -238,6 +242,89 @@ def _at_most(hist: StreamingHistogram, num_bins: int) -> StreamingHistogram:
     if factor > 1 and factor * num_bins == hist.num_bins and not factor & (factor - 1):
         return hist.coarsened(num_bins)
     return hist
+
+
+# -- asymmetric ranges (uint8 with a zero point) -------------------------------------------------------
+
+_RANGE_LEVELS = 255
+_RANGE_CANDIDATES = 64  # step sizes per pass; each pass narrows to the best one's neighbours
+_RANGE_PASSES = 3
+
+
+def minmax_range(hist: StreamingHistogram) -> tuple[float, float]:
+    """``[min(min, 0), max(max, 0)]``: ONNX Runtime's MinMax range (0 must be representable)."""
+    _require_data(hist, "minmax")
+    return min(hist.min, 0.0), max(hist.max, 0.0)
+
+
+def _side_error(centres: np.ndarray, weights: np.ndarray, steps: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Squared error of one side (values ``centres`` >= 0 with ``weights``) for each step ``steps[i]`` and
+    clip limit ``limits[i, j]``: rounding to the step's grid below the limit, clipping to it above."""
+    rounded = np.rint(centres[None, :] / steps[:, None]) * steps[:, None]
+    err = weights[None, :] * np.square(rounded - centres[None, :])
+    below = np.concatenate([np.zeros((steps.size, 1)), np.cumsum(err, axis=1)], axis=1)  # error of bins [0, k)
+    s0 = np.concatenate([np.cumsum(weights[::-1])[::-1], [0.0]])  # suffix sums over bins [k, n)
+    s1 = np.concatenate([np.cumsum((weights * centres)[::-1])[::-1], [0.0]])
+    s2 = np.concatenate([np.cumsum((weights * centres**2)[::-1])[::-1], [0.0]])
+    k = np.searchsorted(centres, limits, side="right")  # bins whose centre is within the limit
+    rows = np.arange(steps.size)[:, None]
+    return below[rows, k] + s2[k] - 2 * limits * s1[k] + limits**2 * s0[k]
+
+
+def mse_range(hist: StreamingHistogram, start_bin: int = 128) -> tuple[float, float]:
+    """The uint8 range ``(-z s, (255 - z) s)`` with the least mean squared fake-quantization error.
+
+    For a step ``s`` every zero point ``z`` puts the same grid under the data (0 is a grid point), so
+    the error splits into the negative side clipped at ``z s`` and the positive side clipped at
+    ``(255 - z) s``: both are prefix/suffix sums over the bins, and all 256 zero points are tried at
+    once. Steps: ``_RANGE_CANDIDATES`` evenly spaced ranges from ``start_bin`` bins to ``max - min``,
+    then as many between the best one's neighbours, ``_RANGE_PASSES`` times. Bins stand for their centres, as in ``mse``; exact
+    zeros add no error.
+    """
+    _require_data(hist, "mse")
+    first = _check_int(start_bin, "start_bin", 1)
+    neg = hist.neg_counts
+    if neg is None:
+        raise QuantizationError(f"the statistics of {_label(hist)} do not tell its negative values apart",
+                                "calibrate again with this edge-resnet (saved statistics of format 1)")
+    lo, hi = minmax_range(hist)
+    if hi - lo == 0.0:
+        return lo, hi
+    h = _at_most(hist, ENTROPY_NUM_BINS)
+    counts, neg = h.counts.astype(np.float64), h.neg_counts.astype(np.float64)  # type: ignore[union-attr]
+    w = h.bin_width
+    lower = np.arange(counts.size) * w
+    sides = []
+    for weights, top in ((neg, -lo), (counts - neg, hi)):
+        nz = np.flatnonzero(weights)
+        centres = (lower[nz] + np.minimum(lower[nz] + w, top)) / 2.0
+        sides.append((centres, weights[nz]))
+    z = np.arange(_RANGE_LEVELS + 1, dtype=np.float64)
+
+    def best_of(ranges: np.ndarray) -> tuple[float, float, int, int]:
+        steps = ranges / _RANGE_LEVELS
+        errors = (_side_error(*sides[0], steps, steps[:, None] * z[None, :])
+                  + _side_error(*sides[1], steps, steps[:, None] * (_RANGE_LEVELS - z)[None, :]))
+        i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
+        return float(errors[i, j]), float(steps[i]), int(j), int(i)
+
+    full = hi - lo
+    ranges = np.linspace(min(first * w, full), full, _RANGE_CANDIDATES)
+    best = (math.inf, 0.0, 0)
+    for _ in range(_RANGE_PASSES):
+        err, step, zp, i = best_of(ranges)
+        best = min(best, (err, step, zp))
+        ranges = np.linspace(ranges[max(i - 1, 0)], ranges[min(i + 1, ranges.size - 1)], _RANGE_CANDIDATES)
+    _, step, zp = best
+    logger.debug("%s: mse range [%g, %g] (min %g, max %g)", _label(hist), -zp * step, (_RANGE_LEVELS - zp) * step, lo, hi)
+    return -zp * step, (_RANGE_LEVELS - zp) * step
+
+
+RANGE_CALIBRATORS: dict[CalibrationMethod, Callable[..., tuple[float, float]]] = {
+    CalibrationMethod.MINMAX: minmax_range,
+    CalibrationMethod.MSE: mse_range,
+}
+"""Methods that give asymmetric ranges; the others quantize every tensor symmetrically."""
 
 
 # -- registry ----------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ Design (why it is exact and deterministic):
   where ``amax`` is the largest |x| seen so far. So the histogram spans more than half of its bins
   (``amax > num_bins * w / 2``), and ``|x| / w`` is a multiplication by a power of two, exact in
   float32: the bin of a value never depends on rounding.
+* The negative values' share of each bin is kept too (``neg_counts``), so a tensor's two sides can
+  be told apart for asymmetric (uint8, zero point != 128) quantizers; it costs a second binning of
+  the negative values only, in batches that have any.
 * When a batch exceeds the range, the width doubles (as often as needed) by summing adjacent bin
   pairs; the old edges are a subset of the new ones, so old counts stay exact. Because the width is
   a function of the running ``amax`` only, any split of the same data into batches, in any order,
@@ -39,7 +42,8 @@ MIN_NUM_BINS = 16
 # [0, amax] (``resampled``) then splits at most one fine bin, 1/8 to 1/4 of an analysis bin, at each
 # of its edges (see ``resampled``).
 STATS_NUM_BINS = 8 * DEFAULT_NUM_BINS
-FORMAT_VERSION = 1  # of to_arrays(); bump when the layout changes
+FORMAT_VERSION = 2  # of to_arrays(); bump when the layout changes (2: neg_counts)
+_READS_VERSIONS = (1, 2)  # version 1 has no neg_counts: its histograms cannot give asymmetric ranges
 
 # Values per chunk of the binning loop: the float and index buffers (64 Ki x (4 + 8) bytes) stay in
 # the L2 cache, which is faster than whole-array temporaries on large activations (benchmarks/README.md).
@@ -104,6 +108,9 @@ class StreamingHistogram:
         self._num_bins = int(num_bins)
         self.name = name
         self._counts = np.zeros(self._num_bins, dtype=np.int64)
+        # the negative values' share of each bin of |x|: the positive side is counts - neg_counts (None: not
+        # known, a histogram saved by format version 1)
+        self._neg_counts: npt.NDArray[np.int64] | None = np.zeros(self._num_bins, dtype=np.int64)
         self._zero_count = 0
         self._count = 0
         self._min = math.inf
@@ -120,6 +127,11 @@ class StreamingHistogram:
     def counts(self) -> npt.NDArray[np.int64]:
         """A copy: ``counts[k]`` = number of values with ``k*w < |x| <= (k+1)*w`` (zeros apart)."""
         return self._counts.copy()
+
+    @property
+    def neg_counts(self) -> npt.NDArray[np.int64] | None:
+        """A copy: of ``counts[k]``, the values that were negative (None when not recorded)."""
+        return None if self._neg_counts is None else self._neg_counts.copy()
 
     @property
     def zero_count(self) -> int:
@@ -177,6 +189,7 @@ class StreamingHistogram:
             )
         out = StreamingHistogram(num_bins, name=self.name)
         out._counts = self._counts.reshape(num_bins, factor).sum(axis=1)
+        out._neg_counts = None if self._neg_counts is None else self._neg_counts.reshape(num_bins, factor).sum(axis=1)
         out._zero_count, out._count, out._min, out._max = self._zero_count, self._count, self._min, self._max
         if self._exponent is not None:
             out._exponent = self._exponent + factor.bit_length() - 1
@@ -248,10 +261,17 @@ class StreamingHistogram:
             exponent = _exponent_for(batch_amax, self._num_bins)
             if self._exponent is not None:
                 exponent = max(exponent, self._exponent)
-            binned = self._bin(flat, exponent)
-            zeros = int(binned[0])
+            signed = lo < 0 and self._neg_counts is not None
+            binned = self._bin(flat, exponent, signed)
+            n = self._num_bins
+            zeros = int(binned[n] if signed else binned[0])
             self._grow_to(exponent)
-            self._counts += binned[1:]
+            if signed:
+                negative = binned[n - 1::-1]  # bin n - k holds the negative values of |x| bin k (k = 1..n)
+                self._counts += binned[n + 1:] + negative
+                self._neg_counts += negative  # type: ignore[operator]
+            else:
+                self._counts += binned[1:]
         # state changes only once the batch is binned: an exception above leaves the histogram as it was
         self._zero_count += zeros
         self._count += flat.size
@@ -271,13 +291,18 @@ class StreamingHistogram:
                 exponent - self._exponent,
             )
             self._counts = _coarsen(self._counts, exponent - self._exponent)
+            if self._neg_counts is not None:
+                self._neg_counts = _coarsen(self._neg_counts, exponent - self._exponent)
             self._exponent = exponent
 
-    def _bin(self, flat: npt.NDArray[np.float32], exponent: int) -> npt.NDArray[np.int64]:
-        """Counts of ``ceil(|x| / 2**exponent)`` in ``0..num_bins`` (index 0 = exact zeros).
+    def _bin(self, flat: npt.NDArray[np.float32], exponent: int, signed: bool = False) -> npt.NDArray[np.int64]:
+        """Counts of ``ceil(|x| / 2**exponent)`` in ``0..num_bins`` (index 0 = exact zeros); with
+        ``signed``, of the signed index ``n + copysign(ceil(|x| / 2**exponent), x)`` in ``0..2n`` (n =
+        ``num_bins``; index n = exact zeros, n - k = the negative values of bin k): both sides in one
+        bincount, two more operations per value.
 
         The scaling is exact (power of two), so the index is exact, except that with ``w > 1`` a
-        subnormal |x| can underflow to 0; those chunks count their true zeros to put it back in bin 0.
+        subnormal |x| can underflow to 0; those chunks count their true zeros to put it back.
         """
         n = self._num_bins
         dtype = np.float32 if -exponent <= _MAX_FLOAT32_SCALE_EXPONENT else np.float64
@@ -286,7 +311,8 @@ class StreamingHistogram:
         size = min(_CHUNK, flat.size)
         fbuf = np.empty(size, dtype=dtype)
         ibuf = np.empty(size, dtype=np.intp)
-        total = np.zeros(n + 1, dtype=np.int64)
+        nbins, zero = (2 * n + 1, n) if signed else (n + 1, 0)
+        total = np.zeros(nbins, dtype=np.int64)
         for start in range(0, flat.size, _CHUNK):
             chunk = flat[start : start + _CHUNK]
             f = fbuf[: chunk.size]
@@ -294,14 +320,22 @@ class StreamingHistogram:
             np.abs(chunk, out=f)
             np.multiply(f, inv_width, out=f)
             np.ceil(f, out=f)
+            if signed:
+                np.copysign(f, chunk, out=f)  # an underflowed negative value gives -0.0: index n, fixed below
+                np.add(f, dtype(n), out=f)
             np.copyto(idx, f, casting="unsafe")
-            binc = np.bincount(idx, minlength=n + 1)
-            if binc.size != n + 1:  # cannot happen while amax <= n * w; guard against silent loss
-                raise RuntimeError(f"histogram index out of range ({binc.size - 1} > {n})")
-            if may_underflow and binc[0]:
+            binc = np.bincount(idx, minlength=nbins)
+            if binc.size != nbins:  # cannot happen while amax <= n * w; guard against silent loss
+                raise RuntimeError(f"histogram index out of range ({binc.size - 1 - zero} > {n})")
+            if may_underflow and binc[zero]:
                 zeros = chunk.size - np.count_nonzero(chunk)
-                binc[1] += binc[0] - zeros
-                binc[0] = zeros
+                lost = int(binc[zero]) - zeros  # non-zero values that underflowed to index `zero`
+                if signed and lost:
+                    negative = int(np.count_nonzero((chunk < 0) & (np.abs(chunk) * inv_width == 0)))
+                    binc[zero - 1] += negative
+                    lost -= negative
+                binc[zero + 1] += lost
+                binc[zero] = zeros
             total += binc
         return total
 
@@ -326,6 +360,10 @@ class StreamingHistogram:
             self._grow_to(other._exponent)
             assert self._exponent is not None
             self._counts = self._counts + _coarsen(other._counts, self._exponent - other._exponent)
+            if self._neg_counts is not None and other._neg_counts is not None:
+                self._neg_counts = self._neg_counts + _coarsen(other._neg_counts, self._exponent - other._exponent)
+        if other._neg_counts is None:
+            self._neg_counts = None
         self._zero_count += other._zero_count
         self._count += other._count
         self._min = min(self._min, other._min)
@@ -341,6 +379,7 @@ class StreamingHistogram:
             "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
             "name": np.array("" if self.name is None else self.name, dtype=np.str_),
             "counts": self._counts.copy(),
+            **({} if self._neg_counts is None else {"neg_counts": self._neg_counts.copy()}),
             "zero_count": np.array(self._zero_count, dtype=np.int64),
             "count": np.array(self._count, dtype=np.int64),
             "min": np.array(self._min, dtype=np.float64),
@@ -367,8 +406,9 @@ class StreamingHistogram:
         if missing:
             raise bad(f"missing {', '.join(missing)}")
         version = int(np.asarray(arrays["format_version"]))
-        if version != FORMAT_VERSION:
-            raise bad(f"format version {version}, this edge-resnet reads version {FORMAT_VERSION}")
+        if version not in _READS_VERSIONS:
+            raise bad(f"format version {version}, this edge-resnet reads versions "
+                      f"{', '.join(map(str, _READS_VERSIONS))}")
         counts = np.asarray(arrays["counts"])
         if counts.ndim != 1 or counts.size < MIN_NUM_BINS or counts.dtype.kind not in "iu":
             raise bad(f"counts must be a 1-D integer array of >= {MIN_NUM_BINS} bins")
@@ -387,6 +427,16 @@ class StreamingHistogram:
         saved_name = str(np.asarray(arrays.get("name", "")))
         hist = cls(counts.size, name=name if name is not None else (saved_name or None))
         hist._counts = counts.astype(np.int64, copy=True)
+        hist._neg_counts = None
+        if "neg_counts" in arrays:
+            neg = np.asarray(arrays["neg_counts"])
+            if neg.shape != counts.shape or neg.dtype.kind not in "iu" or (neg < 0).any() or (neg > counts).any():
+                raise bad("neg_counts must be integers between 0 and counts, one per bin")
+            if lo >= 0 and neg.any():
+                raise bad("negative values counted, but min >= 0")
+            hist._neg_counts = neg.astype(np.int64, copy=True)
+        elif version >= 2:
+            raise bad("missing neg_counts")
         hist._zero_count, hist._count, hist._min, hist._max = zero_count, count, lo, hi
         if count == 0:
             if not (lo == math.inf and hi == -math.inf and width == 0.0):
@@ -418,6 +468,8 @@ class StreamingHistogram:
             and self._min == other._min
             and self._max == other._max
             and np.array_equal(self._counts, other._counts)
+            and (self._neg_counts is None) == (other._neg_counts is None)
+            and (self._neg_counts is None or np.array_equal(self._neg_counts, other._neg_counts))
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable

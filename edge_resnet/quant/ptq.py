@@ -14,7 +14,7 @@ import onnx
 from edge_resnet.data import Dataset
 from edge_resnet.graph.index import GraphIndex
 from edge_resnet.quant.bias_correction import correct_biases
-from edge_resnet.quant.calibrators import CalibrationMethod, compute_amax
+from edge_resnet.quant.calibrators import RANGE_CALIBRATORS, CalibrationMethod, compute_amax
 from edge_resnet.quant.collect import ActivationStats, collect_statistics
 from edge_resnet.quant.qdq import (
     FORMAT_RULES,
@@ -23,6 +23,7 @@ from edge_resnet.quant.qdq import (
     insert_qdq,
     is_nonnegative,
     required_tensors,
+    signed_tensors,
 )
 from edge_resnet.types import ActivationFormat
 
@@ -66,11 +67,12 @@ class QuantizedGraph:
     timings: dict[str, float] = field(default_factory=dict)
     bias_correction: dict | None = None  # what bias correction did (None: off)
     choices: dict[str, dict] = field(default_factory=dict)  # tensor -> the calibrator and parameters that gave its amax
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # asymmetric tensors -> (lo, hi)
 
     def save_scales(self, path: str | Path) -> None:
         """Per-tensor amax, and the (scale, zero point) written into the graph for each Q/DQ tensor."""
         data = {"method": self.options.method.value, "format": self.config.activation_format.value,
-                "amax": self.amax,
+                "amax": self.amax, "ranges": {t: list(r) for t, r in self.ranges.items()},
                 "quantizers": {t: {"scale": s, "zero_point": z} for t, (s, z) in self.report.quantizers.items()},
                 "calibrators": self.choices, "bias_correction": self.bias_correction}
         Path(path).write_text(json.dumps(data, indent=1))
@@ -93,9 +95,12 @@ def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: Quant
     t0 = time.perf_counter()
     params = tensor_params(model, stats, config, options)
     amax = {t: compute_amax(h, options.method, **params[t]) for t, h in stats.hists.items()}
-    qmodel, report = insert_qdq(model, amax, config)
+    ranges = signed_ranges(model, stats, config, options)
+    qmodel, report = insert_qdq(model, amax, config, ranges)
     qmodel.producer_name = "edge-resnet"
     choices = {t: {"method": options.method.value, **p} for t, p in params.items()}
+    for t, (lo, hi) in ranges.items():
+        choices[t] = {"method": options.method.value, "asymmetric": True, "range": [lo, hi]}
     bias_record = None
     if options.bias_correction:
         if stats.bias is None:
@@ -105,7 +110,21 @@ def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: Quant
             bias_record = correct_biases(model, qmodel, stats.bias).to_dict()
     timings = {"calibration_s": stats.seconds, "quantize_s": time.perf_counter() - t0}
     log.debug("%s", report)
-    return QuantizedGraph(qmodel, amax, report, stats, options, config, timings, bias_record, choices)
+    return QuantizedGraph(qmodel, amax, report, stats, options, config, timings, bias_record, choices, ranges)
+
+
+def signed_ranges(model: onnx.ModelProto, stats: ActivationStats, config: QuantConfig,
+                  options: CalibrationOptions) -> dict[str, tuple[float, float]]:
+    """(lo, hi) of each signed tensor the format quantizes asymmetrically, when the method gives ranges."""
+    calibrator = RANGE_CALIBRATORS.get(options.method)
+    if calibrator is None:
+        return {}
+    tensors = signed_tensors(model, config, list(stats.hists))
+    old = [t for t in tensors if stats.hists[t].neg_counts is None]
+    if old:
+        log.warning("%d tensors' statistics do not tell negative values apart (saved by an older edge-resnet): "
+                    "quantized symmetrically; calibrate again for asymmetric ranges", len(old))
+    return {t: calibrator(stats.hists[t]) for t in tensors if stats.hists[t].neg_counts is not None}
 
 
 def tensor_params(model: onnx.ModelProto, stats: ActivationStats, config: QuantConfig,

@@ -20,8 +20,12 @@ Placement (one statistics set, two formats, chosen by the target):
     and it wants the bias as int32 (scale = input scale x weight scale) behind a DequantizeLinear.
     A tensor that is non-negative by construction (a ReLU output, pooled or flattened) uses the
     whole uint8 range with zero point 0 and scale amax / 255 ("unsigned symmetric", as NNCF): one
-    more bit than zero point 128, and ORT then drops the ReLU into the quantization. TensorRT has
-    no unsigned int8, so S8S8 keeps every tensor signed.
+    more bit than zero point 128, and ORT then drops the ReLU into the quantization. A signed
+    tensor (the input, a conv output feeding an Add) is asymmetric when its calibrator gives a
+    range (minmax, mse: ``calibrators.RANGE_CALIBRATORS``): scale (hi - lo) / 255 and the zero point
+    that maps 0 to an integer, as ONNX Runtime's quantize_static; a skewed tensor otherwise wastes
+    up to half its levels. Otherwise zero point 128. TensorRT has no unsigned int8, so S8S8 keeps
+    every tensor signed and symmetric.
 - Scale-preserving ops (MaxPool, Flatten, Reshape) give their output the scale of their input, so
   backends can run them in int8 without requantizing.
 - The graph output stays float (no Q/DQ after the last Gemm).
@@ -70,6 +74,7 @@ class FormatRule:
     unsigned_nonnegative: bool = False  # zero point 0, 255 levels for tensors that cannot be negative
     # quantize a pooling op only next to a quantized op (TensorRT/ModelOpt): see pooling_has_quantized_neighbour
     pooling_needs_quantized_neighbour: bool = False
+    asymmetric_signed: bool = False  # signed tensors take a calibrated (lo, hi) range and its zero point
 
     @property
     def np_dtype(self) -> type:
@@ -80,7 +85,7 @@ FORMAT_RULES: dict[ActivationFormat, FormatRule] = {
     ActivationFormat.S8S8: FormatRule(TensorProto.INT8, 0, quantize_outputs=False, int32_bias=False, fuse_residual=True,
                                       pooling_needs_quantized_neighbour=True),
     ActivationFormat.U8S8: FormatRule(TensorProto.UINT8, 128, quantize_outputs=True, int32_bias=True,
-                                      unsigned_nonnegative=True),
+                                      unsigned_nonnegative=True, asymmetric_signed=True),
 }
 
 
@@ -259,13 +264,29 @@ def quantize_weights(w: np.ndarray, axis: int = 0, qmax: int = WEIGHT_QMAX) -> t
     return np.moveaxis(q, 0, axis), scale
 
 
+def asymmetric_quantizer(lo: float, hi: float, levels: int = 255) -> tuple[float, int]:
+    """(scale, zero point) of a uint8 quantizer covering ``[lo, hi]`` (lo <= 0 <= hi), 0 exactly representable."""
+    scale = float(np.float32(max(float(hi) - float(lo), MIN_SCALE * levels) / levels))
+    return scale, int(np.clip(np.rint(-float(lo) / scale), 0, levels))
+
+
+def signed_tensors(model: onnx.ModelProto, config: QuantConfig, tensors: list[str]) -> list[str]:
+    """Of calibrated ``tensors``, those the format quantizes asymmetrically given a range."""
+    if not config.rule.asymmetric_signed:
+        return []
+    g = GraphIndex(model)
+    return [t for t in tensors if not is_nonnegative(g, t)]
+
+
 def activation_scale(amax: float, levels: int = 127) -> float:
     """Scale of a symmetric quantizer covering [-amax, amax] (levels=127) or [0, amax] (levels=255)."""
     return float(np.float32(max(float(amax), MIN_SCALE * levels) / levels))
 
 
-def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConfig) -> tuple[onnx.ModelProto, QDQReport]:
-    """Return a Q/DQ copy of ``model`` using per-tensor ``amax`` (from calibration)."""
+def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConfig,
+               ranges: dict[str, tuple[float, float]] | None = None) -> tuple[onnx.ModelProto, QDQReport]:
+    """Return a Q/DQ copy of ``model`` using per-tensor ``amax`` (from calibration), and ``ranges``
+    (lo, hi) for the signed tensors of a format that quantizes them asymmetrically."""
     rule = config.rule
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -273,7 +294,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], config: QuantConf
     nodes = quantized_nodes(out, config)
     report = QDQReport()
     report.kept_float = [n.name for n in out.graph.node if n.op_type in INT8_OPS and n not in nodes and config.excludes(n)]
-    writer = _Writer(out, g, rule, amax, {n.name for n in nodes}, config.weight_qmax)
+    writer = _Writer(out, g, rule, amax, {n.name for n in nodes}, config.weight_qmax, ranges or {})
 
     names = {n.name for n in nodes}
     fused = {n.name: fusable_conv_branch(g, n, names) for n in nodes if n.op_type == "Add"} if rule.fuse_residual else {}
@@ -323,8 +344,10 @@ def _share_dequantized(g: GraphIndex, done: dict[str, str], config: QuantConfig)
 
 class _Writer:
     def __init__(self, model: onnx.ModelProto, g: GraphIndex, rule: FormatRule, amax: dict[str, float],
-                 quantized: set[str], weight_qmax: int = WEIGHT_QMAX) -> None:
+                 quantized: set[str], weight_qmax: int = WEIGHT_QMAX,
+                 ranges: dict[str, tuple[float, float]] | None = None) -> None:
         self.model, self.g, self.rule, self.amax, self.quantized = model, g, rule, amax, quantized
+        self.ranges = ranges or {}
         self.weight_qmax = weight_qmax
         self.done: dict[str, str] = {}
         self.quantizers: dict[str, tuple[float, int]] = {}
@@ -343,6 +366,8 @@ class _Writer:
         # negatives in Q is then exactly what the ReLU does
         if self.rule.unsigned_nonnegative and is_nonnegative(self.g, src):
             return activation_scale(self.amax[src], 255), 0
+        if self.rule.asymmetric_signed and src in self.ranges:
+            return asymmetric_quantizer(*self.ranges[src])
         return activation_scale(self.amax[src]), self.rule.zero_point
 
     def _relu_alias(self, tensor: str) -> str | None:
