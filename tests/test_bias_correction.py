@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.quant.bias_correction import BiasStats, ChannelHistogram, LayerGeometry, WindowMean
-from edge_resnet.quant.collect import collect_statistics
+from edge_resnet.quant.collect import ActivationStats, collect_bias_statistics, collect_statistics
 from edge_resnet.quant.ptq import CalibrationOptions, quantize_graph
 from edge_resnet.quant.qdq import QuantConfig, required_tensors
 from edge_resnet.types import ActivationFormat
@@ -104,6 +104,38 @@ def test_bias_correction_removes_the_mean_shift_of_clipping(fmt: str) -> None:
     with_bc, record_on = mean_shift(True)
     assert record_off is None and record_on is not None and record_on["corrected"] >= 1
     assert with_bc < 0.3 * without  # on images it was not computed on
+
+
+def test_bias_statistics_come_from_the_first_images_and_a_separate_pass_gives_the_same(monkeypatch) -> None:
+    """Bias correction streams only the first BIAS_IMAGES images (here 40 of 96, batches of 16: the
+    third batch is cut), and collect_bias_statistics (the Ray path: histograms from the cluster, bias
+    statistics on the driver) gives the one-pass graph byte for byte."""
+    import edge_resnet.quant.collect as collect
+
+    monkeypatch.setattr(collect, "BIAS_IMAGES", 40)
+    model = _two_convs()
+    calib = _inputs(96, seed=3)
+    config = QuantConfig(ActivationFormat.U8S8)
+    tensors = required_tensors(model, config)
+
+    def batches(x: np.ndarray):
+        return (x[i: i + 16] for i in range(0, len(x), 16))
+
+    one_pass = collect_statistics(model, tensors, batches(calib), progress=False, bias_correction=True)
+    first_40 = collect_statistics(model, tensors, batches(calib[:40]), progress=False, bias_correction=True)
+    assert one_pass.images == 96 and one_pass.bias is not None and first_40.bias is not None
+    for layer, window in one_pass.bias.windows.items():
+        assert window.positions == first_40.bias.windows[layer].positions
+        np.testing.assert_array_equal(window.sums, first_40.bias.windows[layer].sums)
+    for t, ch in one_pass.bias.channels.items():
+        np.testing.assert_array_equal(ch.counts, first_40.bias.channels[t].counts)
+    plain = collect_statistics(model, tensors, batches(calib), progress=False)
+    separate = ActivationStats(plain.hists, plain.images, 0.0,
+                               collect_bias_statistics(model, tensors, batches(calib), plain.hists))
+    options = CalibrationOptions(bias_correction=True)
+    graphs = [quantize_graph(model, st, config, options) for st in (one_pass, separate)]
+    assert graphs[0].bias_correction["corrected"] >= 1
+    assert graphs[0].model.SerializeToString() == graphs[1].model.SerializeToString()
 
 
 def test_plan_covers_convs_and_gemm_with_bias(digits_r18) -> None:

@@ -111,20 +111,13 @@ def test_compile_calibration_on_ray_gives_the_local_statistics_and_qdq_graph(
     local, record = calibrate_for(fg, profile, spec, local_options)
     distributed, ray_record = calibrate_for(fg, profile, spec, replace(local_options, ray=RayOptions("local")))
     assert record == ray_record and distributed.images == local.images == 48
+    assert local.bias is not None and distributed.bias is not None  # bias correction is on by default
     assert distributed.hists.keys() == local.hists.keys()
     assert all(distributed.hists[t] == h for t, h in local.hists.items())
     config = quant_config(profile)
     graphs = [quantize_graph(fg.model, st, config, local_options.calibration).model.SerializeToString()
               for st in (local, distributed)]
     assert graphs[0] == graphs[1]
-
-
-def test_bias_correction_on_ray_is_one_clear_error_before_any_cluster_work() -> None:
-    from edge_resnet.distributed.calibrate import collect_statistics_on_ray
-    from edge_resnet.errors import QuantizationError
-
-    with pytest.raises(QuantizationError, match="--bias-correction is not available with --ray"):
-        collect_statistics_on_ray(None, ["x"], None, 16, "local", bias_correction=True)  # type: ignore[arg-type]
 
 
 def test_histograms_merged_from_batches_equal_one_pass() -> None:

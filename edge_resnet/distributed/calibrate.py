@@ -32,12 +32,9 @@ def collect_statistics_on_ray(model: onnx.ModelProto, tensors: list[str], data: 
                               progress: bool = True, bias_correction: bool = False) -> ActivationStats:
     """``collect_statistics`` over ``data``'s batches, on a Ray cluster; the same statistics.
 
-    Bias correction's statistics (window means, per-channel histograms) are not gathered on Ray yet.
+    Bias correction's statistics need only the first ``BIAS_IMAGES`` images: the driver gathers them
+    after the cluster's pass (``collect_bias_statistics``), with the merged histograms.
     """
-    if bias_correction:
-        raise QuantizationError("--bias-correction is not available with --ray yet (its per-channel statistics "
-                                "are not merged across workers)",
-                                "calibrate without --ray for a bias-corrected build, or pass --no-bias-correction")
     if not tensors:
         raise QuantizationError("nothing to calibrate: the graph has no quantizable layer",
                                 "check the model and the --exclude list")
@@ -57,6 +54,11 @@ def collect_statistics_on_ray(model: onnx.ModelProto, tensors: list[str], data: 
             images += int(row["n"])
     if images == 0:
         raise DataError("the calibration set is empty", "pass a folder, list, array or video with images to --calib")
-    stats = ActivationStats(hists, images, time.perf_counter() - start)
+    bias = None
+    if bias_correction:
+        from edge_resnet.quant.collect import collect_bias_statistics
+
+        bias = collect_bias_statistics(model, list(tensors), (b.x for b in data.batches(batch_size)), hists)
+    stats = ActivationStats(hists, images, time.perf_counter() - start, bias)
     log.info("calibration statistics (ray): %d tensors over %d images in %.1f s", len(tensors), images, stats.seconds)
     return stats

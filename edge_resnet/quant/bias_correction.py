@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 CHANNEL_BINS = 128  # per sign and channel; thresholds fall in the top 15/16 of the range
 _CHUNK = 1 << 20  # values per binning step of ChannelHistogram
 MAX_RELATIVE_SHIFT = 2.0  # as NNCF's FastBiasCorrection threshold (max |shift / bias|)
+BIAS_IMAGES = 300
+"""Bias correction's statistics come from the first this many calibration images: means settle long
+before that, and the time stays flat in the set's size. NNCF's default (nncf.quantize subset_size=300,
+which its FastBiasCorrection shares)."""
 
 
 # ------------------------------------------------------------------------------------ statistics

@@ -19,7 +19,7 @@ import onnx
 from tqdm import tqdm
 
 from edge_resnet.errors import DataError, QuantizationError
-from edge_resnet.quant.bias_correction import BiasStats
+from edge_resnet.quant.bias_correction import BIAS_IMAGES, BiasStats
 from edge_resnet.quant.calibrators import CalibrationMethod, compute_amax
 from edge_resnet.quant.histogram import STATS_NUM_BINS, StreamingHistogram
 
@@ -86,6 +86,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
     input_name = sess.get_inputs()[0].name
     hists = {t: StreamingHistogram(num_bins, name=t) for t in tensors}
     bias_inputs = set(bias.tensors) if bias else set()
+    bias_left = BIAS_IMAGES if bias else 0
     images = 0
     start = time.perf_counter()
     bar = tqdm(total=total_images, unit="img", desc="calibrating", disable=not progress, leave=False)
@@ -95,8 +96,8 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
             for name, out in zip(exposed, outputs, strict=True):
                 if name in hists:
                     hists[name].update(out)
-                if name in bias_inputs:
-                    bias.update(name, out, hists.get(name))  # type: ignore[union-attr]
+            if bias_left > 0:
+                bias_left -= _absorb_bias(bias, exposed, outputs, bias_left, hists)  # type: ignore[arg-type]
             del outputs
             images += batch.shape[0]
             bar.update(batch.shape[0])
@@ -107,6 +108,35 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
     stats = ActivationStats(hists, images, time.perf_counter() - start, bias)
     log.info("calibration statistics: %d tensors over %d images in %.1f s", len(tensors), images, stats.seconds)
     return stats
+
+
+def _absorb_bias(bias: BiasStats, exposed: list[str], outputs: list[np.ndarray], left: int,
+                 hists: dict[str, StreamingHistogram]) -> int:
+    """One batch into ``bias``, at most ``left`` images of it; returns how many it took."""
+    inputs = set(bias.tensors)
+    take = 0
+    for name, out in zip(exposed, outputs, strict=True):
+        if name in inputs:
+            take = min(left, out.shape[0])
+            bias.update(name, out[:take], hists.get(name))
+    return take
+
+
+def collect_bias_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[np.ndarray],
+                            hists: dict[str, StreamingHistogram], *, threads: int | None = None) -> BiasStats:
+    """Bias correction's statistics alone, for histograms of ``tensors`` gathered elsewhere (on Ray):
+    the first ``BIAS_IMAGES`` images of ``batches`` through the session ``collect_statistics`` uses (the
+    same exposed tensors, so the same values), hence the same statistics as its own pass."""
+    bias = BiasStats.plan(model)
+    exposed = list(dict.fromkeys(tensors + bias.tensors))
+    sess = _session(model, exposed, threads)
+    input_name = sess.get_inputs()[0].name
+    left = BIAS_IMAGES
+    for batch in _checked(batches):
+        if left <= 0:
+            break
+        left -= _absorb_bias(bias, exposed, sess.run(exposed, {input_name: batch}), left, hists)
+    return bias
 
 
 def _checked(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
