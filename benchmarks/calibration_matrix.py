@@ -364,7 +364,9 @@ def timing_worker(name: str, float_path: str, calib_path: str, out: str, fmt: st
 
         model = onnx.load(float_path)
         config = QuantConfig(ActivationFormat(fmt))
-        options = CalibrationOptions() if name == "ours-default" else CalibrationOptions(method=name.removeprefix("ours-"))
+        base, bc = name.removesuffix("+bc"), name.endswith("+bc")  # e.g. ours-default+bc, ours-entropy
+        options = CalibrationOptions(**({} if base == "ours-default" else {"method": base.removeprefix("ours-")}),
+                                     **({"bias_correction": True} if bc else {}))
         batches = (np.ascontiguousarray(calib[i: i + CALIB_BATCH]) for i in range(0, len(calib), CALIB_BATCH))
         stats = collect_statistics(model, required_tensors(model, config), batches, progress=False,
                                    bias_correction=options.bias_correction)
