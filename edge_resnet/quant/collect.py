@@ -85,7 +85,6 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
     sess = _session(model, exposed, threads)
     input_name = sess.get_inputs()[0].name
     hists = {t: StreamingHistogram(num_bins, name=t) for t in tensors}
-    bias_inputs = set(bias.tensors) if bias else set()
     bias_left = BIAS_IMAGES if bias else 0
     images = 0
     start = time.perf_counter()
