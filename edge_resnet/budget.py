@@ -65,6 +65,8 @@ from edge_resnet.data import Dataset, open_dataset
 from edge_resnet.data.recipes import DEFAULT_SEED
 from edge_resnet.errors import BudgetExceeded, EdgeResnetError
 from edge_resnet.manifest import ABSENT, BudgetSection
+from edge_resnet.quant.ptq import calibrated_quantizers
+from edge_resnet.quant.qdq import QuantConfig
 from edge_resnet.targets import get_target, resolve_weight_range
 from edge_resnet.types import Precision, QuantMode
 from edge_resnet.validate.layers import LayerError, layer_sensitivity
@@ -194,10 +196,11 @@ def _rank(state: _Loop, first: CompileResult, options: CompileOptions) -> list[L
     profile = get_target(options.target)
     sample = open_dataset(state.budget.val, first.bundle.spec, count=state.budget.sensitivity_images, seed=_seed(options))
     x = np.concatenate([b.x for b in sample.batches(state.budget.batch_size)])
-    amax = first.stats.amax(options.calibration.method, **options.calibration.params())
-    ranking = layer_sensitivity(first.float_graph.model, amax, profile.activation_format, x,
-                                exclude=options.exclude, progress=options.progress,
-                                weight_range=resolve_weight_range(profile))
+    model, weight_range = first.float_graph.model, resolve_weight_range(profile)
+    config = QuantConfig(profile.activation_format, tuple(options.exclude), weight_range)
+    amax, ranges = calibrated_quantizers(model, first.stats, config, options.calibration)  # the shipped quantizers
+    ranking = layer_sensitivity(model, amax, profile.activation_format, x, exclude=options.exclude,
+                                progress=options.progress, weight_range=weight_range, ranges=ranges)
     log.info("most sensitive layers: %s", ", ".join(f"{e.layer} ({e.sqnr_db:.1f} dB)" for e in ranking[:5]))
     return ranking
 

@@ -95,8 +95,7 @@ def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: Quant
                    options: CalibrationOptions = CalibrationOptions()) -> QuantizedGraph:
     t0 = time.perf_counter()
     params = tensor_params(model, stats, config, options)
-    amax = {t: compute_amax(h, options.method, **params[t]) for t, h in stats.hists.items()}
-    ranges = signed_ranges(model, stats, config, options)
+    amax, ranges = calibrated_quantizers(model, stats, config, options, params)
     qmodel, report = insert_qdq(model, amax, config, ranges)
     qmodel.producer_name = "edge-resnet"
     choices = {t: {"method": options.method.value, **p} for t, p in params.items()}
@@ -112,6 +111,15 @@ def quantize_graph(model: onnx.ModelProto, stats: ActivationStats, config: Quant
     timings = {"calibration_s": stats.seconds, "quantize_s": time.perf_counter() - t0}
     log.debug("%s", report)
     return QuantizedGraph(qmodel, amax, report, stats, options, config, timings, bias_record, choices, ranges)
+
+
+def calibrated_quantizers(model: onnx.ModelProto, stats: ActivationStats, config: QuantConfig,
+                          options: CalibrationOptions, params: dict[str, dict] | None = None
+                          ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Every tensor's amax and the signed tensors' asymmetric ranges: what ``insert_qdq`` takes."""
+    params = params if params is not None else tensor_params(model, stats, config, options)
+    amax = {t: compute_amax(h, options.method, **params[t]) for t, h in stats.hists.items()}
+    return amax, signed_ranges(model, stats, config, options)
 
 
 def signed_ranges(model: onnx.ModelProto, stats: ActivationStats, config: QuantConfig,

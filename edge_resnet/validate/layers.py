@@ -142,9 +142,11 @@ def _run(sess, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def layer_sensitivity(float_model: onnx.ModelProto, amax: dict[str, float], activation_format: ActivationFormat,
                       x: np.ndarray, *, exclude: Sequence[str] = (), progress: bool = True,
-                      weight_range: WeightRange = WeightRange.FULL) -> list[LayerError]:
+                      weight_range: WeightRange = WeightRange.FULL,
+                      ranges: dict[str, tuple[float, float]] | None = None) -> list[LayerError]:
     """Output SQNR (dB) of the model with only one layer quantized, for every quantizable layer (Conv, Gemm,
     Add, pooling); most sensitive (lowest SQNR) first. ``exclude``: layers that stay float whatever happens (e.g. --exclude).
+    ``ranges``: the asymmetric (lo, hi) of U8S8's signed tensors, as the shipped graph has them.
 
     Cost: one Q/DQ graph and one ONNX Runtime session per layer, each run on ``x``.
     """
@@ -154,7 +156,7 @@ def layer_sensitivity(float_model: onnx.ModelProto, amax: dict[str, float], acti
     out: list[LayerError] = []
     for node in tqdm(nodes, desc="layer sensitivity", unit="layer", disable=not progress, leave=False):
         others = tuple(n for n in all_names if n != node.name) + tuple(exclude)
-        qmodel, _ = insert_qdq(float_model, amax, QuantConfig(activation_format, others, weight_range))
+        qmodel, _ = insert_qdq(float_model, amax, QuantConfig(activation_format, others, weight_range), ranges)
         out.append(LayerError(node.name, node.op_type, sqnr_db(reference, _run(_session(qmodel), x))))
         del qmodel
     return sorted(out, key=lambda e: e.sqnr_db)
