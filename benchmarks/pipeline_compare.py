@@ -120,15 +120,25 @@ def interleaved(ways: dict[str, Callable[[np.ndarray], Any]], frames: list[np.nd
             for k, v in samples.items()}
 
 
+def classify_loop(model: Any, frames: list[np.ndarray]) -> int:
+    """A sequential loop: one ``classify`` per frame; returns the frames done."""
+    for f in frames:
+        model.classify(f, top_k=1)
+    return len(frames)
+
+
+def classify_stream(model: Any, frames: list[np.ndarray]) -> int:
+    """The same frames through ``stream()``; returns the frames done."""
+    with model.stream(frames, top_k=1) as results:
+        return sum(1 for _ in results)
+
+
 def stream_vs_loop(model: Any, frames: list[np.ndarray], rounds: int) -> dict[str, float]:
     def loop() -> int:
-        for f in frames:
-            model.classify(f, top_k=1)
-        return len(frames)
+        return classify_loop(model, frames)
 
     def streamed() -> int:
-        with model.stream(frames, top_k=1) as results:
-            return sum(1 for _ in results)
+        return classify_stream(model, frames)
 
     out: dict[str, list[float]] = {"sequential": [], "stream": []}
     streamed()

@@ -59,18 +59,10 @@ def main() -> None:
         queue.wait_all()
         return len(crops)
 
-    def ours_loop() -> int:
-        for f in frames:
-            model.classify(f, top_k=1)
-        return len(frames)
-
-    def ours_stream() -> int:
-        with model.stream(frames, top_k=1) as results:
-            return sum(1 for _ in results)
-
     ways: dict[str, Callable[[], int]] = {
         "OpenVINO sync loop, LATENCY": sync_loop, "OpenVINO AsyncInferQueue, THROUGHPUT": async_queue,
-        "ours, classify loop": ours_loop, "ours, stream()": ours_stream}
+        "ours, classify loop": lambda: pc.classify_loop(model, frames),
+        "ours, stream()": lambda: pc.classify_stream(model, frames)}
     for fn in ways.values():
         fn()  # warm-up
     fps: dict[str, list[float]] = {k: [] for k in ways}
