@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from test_runtime import compiled_bundle, digit_frames  # the session's bundles, shared with test_runtime
 
 from edge_resnet.cli.app import cli
+from edge_resnet.distributed.cluster import LOCAL_OBJECT_STORE_BYTES, RayError, connect
 
 ray = pytest.importorskip("ray")
 cv2 = pytest.importorskip("cv2")
@@ -35,9 +36,13 @@ N_IMAGES, N_VIDEO = 10, 30
 
 @pytest.fixture(scope="session")
 def cluster() -> Any:
-    """The one local cluster of the session; --ray local inside the tests joins it (already connected)."""
-    ray.init(num_cpus=2, object_store_memory=96 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    """The one local cluster of the session; --ray local inside the tests joins it (already connected).
+
+    Sized as ``--ray local`` sizes its own, and told that the disk is full (capacity threshold 0): Ray
+    then refuses to spill, so a workload that would spill fails here whatever the disk holds.
+    """
+    ray.init(num_cpus=2, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
+             log_to_driver=False, configure_logging=False, _system_config={"local_fs_capacity_threshold": 0.0})
     yield ray
     ray.shutdown()
 
@@ -323,3 +328,14 @@ def test_readme_ray_commands_run_and_give_the_local_results(cluster: Any, reques
     assert len(rows) == N_IMAGES + N_VIDEO
     again = CliRunner().invoke(cli, commands["run"])
     assert again.exit_code != 0 and "never overwrites" in again.output  # the results file is kept
+
+
+def test_a_full_object_store_on_a_full_disk_is_one_clear_error(cluster: Any):
+    """Ray's own OutOfDiskError (the store cannot spill: the fixture's disk counts as full) becomes ours."""
+    refs = []
+    with pytest.raises(RayError) as info, connect("local") as joined:
+        for _ in range(2 * LOCAL_OBJECT_STORE_BYTES // (16 << 20)):
+            refs.append(joined.ray.put(np.ones(16 << 20, dtype=np.uint8)))
+    refs.clear()
+    assert "ran out of object store memory" in str(info.value) and "95% full" in str(info.value)
+    assert "free disk space" in (info.value.fix or "")

@@ -126,6 +126,14 @@ def _quiet(ray: ModuleType) -> None:
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
 
 
+def _store_full(spec: ClusterSpec, disk_full: bool) -> RayError:
+    """Ray's object store filled and could not spill: Ray refuses to spill once a node's disk is 95% full."""
+    disk = "a node's disk is over Ray's capacity threshold (95% full)" if disk_full else "it could not spill to disk"
+    return RayError(f"the Ray cluster ({spec.describe()}) ran out of object store memory and {disk}",
+                    "free disk space on the cluster's nodes (Ray spills objects to its temp folder), or give "
+                    "the cluster more object store memory (ray start --object-store-memory)")
+
+
 @contextmanager
 def connect(spec: ClusterSpec | str) -> Iterator[Cluster]:
     """Connect for the duration of the block (see the module docstring)."""
@@ -149,7 +157,10 @@ def connect(spec: ClusterSpec | str) -> Iterator[Cluster]:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         cluster = Cluster(ray, spec, int(resources.get("CPU", 1)), nodes)
         log.info("ray: %s, %d node(s), %d CPUs", spec.describe(), nodes, cluster.cpus)
-        yield cluster
+        try:
+            yield cluster
+        except (ray.exceptions.OutOfDiskError, ray.exceptions.ObjectStoreFullError) as exc:
+            raise _store_full(spec, isinstance(exc, ray.exceptions.OutOfDiskError)) from None
     finally:
         if started:
             ray.shutdown()
