@@ -7,8 +7,10 @@ TensorFlow blocked from being imported, and run by ONNX Runtime against Keras's 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +48,13 @@ class Case:
 
 
 @pytest.fixture(scope="module", params=KERAS_RESNETS)
-def case(request, tmp_path_factory) -> Case:
+def case(request, tmp_path_factory) -> Iterator[Case]:
     folder = tmp_path_factory.mktemp(request.param)
     model = build(request.param, classes=CLASSES, size=SIZE, seed=KERAS_RESNETS.index(request.param))
     x = np.random.default_rng(7).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     files = {fmt: save(model, fmt, folder) for fmt in (*FORMATS, "keras2-weights.h5")}
-    return Case(request.param, model, files, x, logits(model, x))
+    yield Case(request.param, model, files, x, logits(model, x))
+    shutil.rmtree(folder, ignore_errors=True)  # up to 0.9 GB a depth: gone once its tests are done
 
 
 def export(args: list[str], monkeypatch) -> tuple[int, str]:
