@@ -252,12 +252,14 @@ def test_s8s8_leaves_a_pooling_op_between_float_ops_float_as_modelopt_does(digit
 
 def test_u8s8_quantizes_signed_tensors_asymmetrically_and_it_lowers_the_error(digits_r18, tmp_path):
     """U8S8's signed tensors (the input, convs feeding a residual Add) take the (lo, hi) range of their
-    calibrator and its zero point, as ORT's quantize_static; on the digits ResNet-18 that lowers the logit
-    error against the same graph with zero point 128 everywhere (the amax of the same statistics)."""
+    calibrator and its zero point, as ORT's quantize_static. On the calibration images each one's own
+    quantization error is then at most that of zero point 128 with the amax of the same statistics: what
+    mse minimises, read back from the graph. (On this model the logits' SQNR moves by a few hundredths of
+    a dB either way with it, retraining to retraining, so it is not asserted: benchmarks/README.md's
+    calibration matrix measures it per model.)"""
     import json
 
     from edge_resnet.quant.qdq import asymmetric_quantizer
-    from edge_resnet.validate.metrics import sqnr_db
 
     model = digits_r18.float_graph
     stats = calibrate(model, open_dataset("digits:train", digits_r18.spec, count=256), QuantConfig(U8), progress=False)
@@ -272,7 +274,24 @@ def test_u8s8_quantizes_signed_tensors_asymmetrically_and_it_lowers_the_error(di
     saved = json.loads((tmp_path / "scales.json").read_text())
     assert saved["ranges"].keys() == qg.ranges.keys() and saved["calibrators"][signed[0]]["asymmetric"] is True
 
-    symmetric, _ = insert_qdq(model, qg.amax, QuantConfig(U8))  # the same amax, no ranges: zero point 128
-    x, _ = digits_r18.arrays("test", count=256)
-    ref = run_onnx(model, x)
-    assert sqnr_db(ref, run_onnx(qg.model, x)) > sqnr_db(ref, run_onnx(symmetric, x)) + 0.1
+    _, symmetric = insert_qdq(model, qg.amax, QuantConfig(U8))  # the same amax, no ranges: zero point 128
+    x, _ = digits_r18.arrays("train", count=256)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    del exposed.graph.output[:]
+    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in qg.ranges)
+    sess = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    acts = dict(zip(qg.ranges, sess.run(None, {model.graph.input[0].name: x}), strict=True))
+
+    def error(t: str, quantizer: tuple[float, int]) -> float:
+        scale, zero = quantizer
+        q = np.clip(np.rint(acts[t] / scale) + zero, 0, 255)
+        return float(np.mean(((q - zero) * scale - acts[t]) ** 2))
+
+    ours = {t: error(t, qg.report.quantizers[t]) for t in qg.ranges}
+    at_128 = {t: error(t, symmetric.quantizers[t]) for t in qg.ranges}
+    assert all(symmetric.quantizers[t][1] == 128 for t in qg.ranges if t != model.graph.input[0].name)
+    # the conv outputs; the input is left out: digits' pixels take 17 values, which a histogram's error
+    # (values spread within each bin) does not model, so mse's choice there can be a few % off either way
+    assert all(ours[t] <= 1.01 * at_128[t] for t in signed), (ours, at_128)  # 1%: the histogram's bins
+    assert sum(ours[t] for t in signed) < sum(at_128[t] for t in signed)
