@@ -319,11 +319,14 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{root} is not a bundle directory", "pass the -o directory of `edge-resnet compile`")
     manifest = read_manifest(root)
     if verify:
-        _verify(root, manifest["files"])
+        declared = ((manifest.get("artifact") or {}).get("device_build") or {}).values()
+        _verify(root, manifest["files"], {str(v) for v in declared})
     return Bundle(root, manifest)
 
 
-def _verify(root: Path, files: dict[str, str]) -> None:
+def _verify(root: Path, files: dict[str, str], device_files: set[str] = frozenset()) -> None:
+    """The listed files' hashes; files the device writes later (``device_build``) are declared, checked by their
+    backend, and not reported as strangers."""
     for name in files:
         confined(root, name)  # no symbolic links, nothing outside
     missing = [n for n in files if not (root / n).is_file()]
@@ -336,7 +339,7 @@ def _verify(root: Path, files: dict[str, str]) -> None:
             parts.append(f"modified: {', '.join(changed[:5])}")
         raise BundleError(f"bundle {root} does not match its manifest ({'; '.join(parts)})",
                           "compile the bundle again (or copy it completely)")
-    extra = unlisted_files(root, files)
+    extra = [n for n in unlisted_files(root, files) if n not in device_files]
     if extra:
         log.warning("%s holds %d file(s) its manifest does not list (%s): they are not part of the bundle and are "
                     "ignored", root, len(extra), ", ".join(extra[:5]))
