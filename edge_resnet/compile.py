@@ -306,7 +306,7 @@ def compile_bundle(source: ModelSource, options: CompileOptions, out_dir: str | 
             model=ModelSection.from_dict(model, where, "model."),
             precision=precision.value,
             preprocess=spec.to_dict(),
-            inputs=declared_inputs(get_backend(profile.backend), spec, describe_input(fg.model).name),
+            inputs=declared_inputs(get_backend(profile.backend), spec, describe_input(fg.model).name, artifact),
             labels=LABELS,
             graphs=GraphsSection(**graphs),
             calibration=CalibrationSection.from_dict(calib, where, "calibration.") if calib else None,

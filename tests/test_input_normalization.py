@@ -41,15 +41,19 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[np.ndarr
     return normalized, out
 
 
+@pytest.mark.parametrize("cast_first", [False, True], ids=["onnxruntime", "tensorrt"])
 @pytest.mark.parametrize("frame_order", ["rgb", "bgr"])
 @pytest.mark.parametrize("model_order", ["rgb", "bgr"])
-def test_frame_input_gives_the_host_paths_numbers_bit_for_bit(frame_order: str, model_order: str) -> None:
+def test_frame_input_gives_the_host_paths_numbers_bit_for_bit(frame_order: str, model_order: str,
+                                                              cast_first: bool) -> None:
     spec = PreprocessSpec(input_size=SIZE, resize=SIZE, channel_order=model_order, mean=(0.5, 0.25, 0.125),
                           std=(0.2, 0.3, 0.4))
     base = _conv_graph()
-    model = with_frame_input(base, spec, frame_order)
+    model = with_frame_input(base, spec, frame_order, cast_first=cast_first)
     onnx.checker.check_model(model, full_check=True)
     assert [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input] == [(FRAMES_INPUT, TensorProto.UINT8)]
+    readers = [n.op_type for n in model.graph.node if FRAMES_INPUT in n.input]
+    assert readers == (["Cast"] if cast_first else ["Transpose"])  # TensorRT: uint8 converts before any other layer
     frames = np.random.default_rng(1).integers(0, 256, size=(5, SIZE, SIZE, 3), dtype=np.uint8)
     normalized, out = _run(model, {FRAMES_INPUT: frames})
     host = spec.apply_batch(list(frames), frame_order)

@@ -5,6 +5,7 @@ checked with ports of the nvinfer functions that read them."""
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
 import logging
 import os
@@ -313,6 +314,7 @@ def test_script_usage_and_unknown_option(tmp_path: Path, bundles) -> None:
     bundle = copy_bundle(bundles["nano"], tmp_path / "b")
     ok = subprocess.run(["bash", str(bundle / "build_engine.sh"), "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--deepstream" in ok.stdout and "--validate SRC" in ok.stdout
+    assert "--frames" in ok.stdout
     bad = subprocess.run(["bash", str(bundle / "build_engine.sh"), "--fast"], capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown option --fast" in bad.stderr
     assert os.access(bundle / "build_engine.sh", os.X_OK)
@@ -328,6 +330,37 @@ def test_script_deepstream_engine(tmp_path: Path, bundles, name: str, output: st
     header, meta = read_plan((bundle / "model.deepstream.plan").read_bytes())
     assert header == (10, 3, 0) and meta["output"] == output
     assert read_record(bundle / "engine.json").extra["deepstream_engine"]["file"] == "model.deepstream.plan"
+
+
+@pytest.mark.parametrize("version", ["8.6.2", "10.3.0", "11.4.1"])
+def test_script_frames_engine(tmp_path: Path, bundles, version: str) -> None:
+    """--frames builds the frame graph (uint8 N x S x S x 3 frames, see backends/tensorrt/frames.py) with the main
+    plan's arguments for its own input, no --inputIOFormats (trtexec then keeps UINT8, LINEAR), and records it."""
+    bundle = copy_bundle(bundles["nano"], tmp_path / "b")
+    calls = tmp_path / "calls.jsonl"
+    install_trtexec(tmp_path / "bin", version, calls=calls)
+    res = run_script(bundle, tmp_path / "bin", "--frames")
+    assert res.returncode == 0, res.stderr + res.stdout
+    build = [c for c in _calls(calls) if "--help" not in c["argv"]]
+    assert [c["rc"] for c in build] == [0, 0]
+    expected = trtexec_command(get_target("jetson-orin-nano"), "model.frames.onnx", "model.frames.plan.partial",
+                               Precision.INT8, version, input_name="frames", input_shape=(32, 32, 3))[1:]
+    assert build[1]["argv"] == expected and not any(a.startswith("--inputIOFormats") for a in expected)
+    header, meta = read_plan((bundle / "model.frames.plan").read_bytes())
+    assert header == tuple(int(v) for v in version.split(".")) and meta["input_dtype"] == "uint8"
+    frames = read_record(bundle / "engine.json").extra["frames_engine"]
+    assert frames["file"] == "model.frames.plan" and frames["tensorrt_version"] == version
+    assert frames["sha256"] == hashlib.sha256((bundle / "model.frames.plan").read_bytes()).hexdigest()
+    graph = onnx.load(bundle / "model.frames.onnx")
+    assert [n.op_type for n in graph.graph.node if "frames" in n.input] == ["Cast"]  # NVIDIA/TensorRT#3985
+
+
+def test_script_frames_refused_for_an_implicit_bundle(tmp_path: Path, bundles) -> None:
+    bundle = copy_bundle(bundles["xavier"], tmp_path / "b")
+    install_trtexec(tmp_path / "bin", "8.5.2")
+    res = run_script(bundle, tmp_path / "bin", "--frames")
+    assert res.returncode == 1 and "no frame graph" in res.stderr and "normalise on the host" in res.stderr
+    assert not (bundle / "model.frames.onnx").exists() and not (bundle / "engine.json").exists()
 
 
 def test_script_validate_without_edge_resnet_says_how(tmp_path: Path, bundles) -> None:

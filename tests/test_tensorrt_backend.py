@@ -24,7 +24,7 @@ from fakes.fake_tensorrt import (
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_resnet.backends import tensorrt as trt_backend
-from edge_resnet.backends.base import Artifact
+from edge_resnet.backends.base import Artifact, FrameInput
 from edge_resnet.backends.tensorrt import (
     BuildPlan,
     CudaRuntime,
@@ -40,7 +40,11 @@ from edge_resnet.backends.tensorrt import (
 )
 from edge_resnet.backends.tensorrt import plan as plan_module
 from edge_resnet.backends.tensorrt.calibration_cache import write_calibration_cache
+from edge_resnet.backends.tensorrt.frames import frames_graph
+from edge_resnet.backends.tensorrt.runner import numpy_dtype
+from edge_resnet.data.preprocess import ChannelOrder, PreprocessSpec
 from edge_resnet.errors import BackendError, BackendUnavailable, BundleError
+from edge_resnet.graph.input_normalization import with_frame_input
 from edge_resnet.targets import BatchRange, TargetProfile, TensorRTOptions
 from edge_resnet.types import ActivationFormat, BackendName, Precision, QuantMode
 
@@ -728,6 +732,140 @@ def test_real_tensorrt_int8_engine_matches_onnxruntime(tmp_path: Path) -> None:
     assert cos.min() >= 0.99, f"cosine similarity per sample {cos}"
     agreement = (y_trt.argmax(1) == y_ort.argmax(1)).mean()
     assert agreement >= 0.9, f"top-1 agreement {agreement}"  # < 1 only for near-ties between classes
+
+
+# ---------------------------------------------------------------- the frame engine (uint8 frames in, .frames)
+
+FRAME_SPEC = PreprocessSpec(input_size=32, resize=32)  # ImageNet mean/std, RGB model
+
+
+def _frame_graph(tmp_path: Path, source: Path, cast_first: bool = True) -> Path:
+    path = tmp_path / ("model.frames.onnx" if cast_first else "transpose_first.onnx")
+    model = onnx.load(source)
+    onnx.save(frames_graph(model, FRAME_SPEC) if cast_first else
+              with_frame_input(model, FRAME_SPEC, "bgr", cast_first=False), path)
+    return path
+
+
+def test_fake_builder_refuses_a_uint8_input_that_does_not_feed_a_cast(tmp_path: Path, qdq_onnx: Path) -> None:
+    """The fake's rule (NVIDIA/TensorRT#3985): ONNX Runtime's frame graph (Transpose on the uint8 frames) fails to
+    build; TensorRT's (the cast first) builds, and its engine declares a LINEAR uint8 input."""
+    fake = FakeTensorRT("10.3.0")
+    plan = plan_build("10.3.0", DESKTOP, Precision.INT8, (32, 32, 3))
+    with pytest.raises(BackendError, match="failed to build"):
+        build_engine(_frame_graph(tmp_path, qdq_onnx, cast_first=False), plan, tmp_path / "a", fake)
+    assert "UINT8 inputs must feed a cast" in fake.called("build_error")[0][0]
+    engine_path = build_engine(_frame_graph(tmp_path, qdq_onnx), plan, tmp_path / "b", fake)
+    engine = fake.Runtime(None).deserialize_cuda_engine(engine_path.read_bytes())
+    assert engine.get_tensor_dtype("frames") == fake.DataType.UINT8
+    assert engine.get_tensor_format("frames") == fake.TensorFormat.LINEAR
+
+
+def _frame_artifact(tmp_path: Path, version: str, qdq_onnx: Path) -> tuple[FakeTensorRT, Artifact]:
+    """A desktop bundle built here with both engines, as prepare_tensorrt_bundle's build-here route writes it."""
+    fake = FakeTensorRT(version, execute_graphs=True)
+    out = tmp_path / "bundle"
+    backend = TensorRTBackend()
+    art = backend.compile(qdq_onnx, DESKTOP, out, Precision.INT8, trt=fake, device=RTX)
+    frames = _frame_graph(out, qdq_onnx)
+    backend.compile(frames, DESKTOP, out, Precision.INT8, trt=fake, device=RTX, engine_name="model.frames.plan")
+    art.files.update(frames_onnx=frames.name, frames_engine="model.frames.plan")
+    return fake, art
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.0.0"])
+def test_frame_engine_gives_the_float_engines_numbers_from_uint8_frames(tmp_path: Path, qdq_onnx: Path,
+                                                                        version: str) -> None:
+    """The engines run their graphs with ONNX Runtime (execute_graphs): uint8 BGR frames through the frame engine
+    give the float engine's output on the host-normalised batch; RGB frames are reversed by the runner."""
+    fake, art = _frame_artifact(tmp_path, version, qdq_onnx)
+    backend, cuda = TensorRTBackend(), FakeCuda(fake, RTX)
+    bgr = np.random.default_rng(4).integers(0, 256, size=(11, 32, 32, 3), dtype=np.uint8)  # > max batch: two chunks
+    with backend.load(tmp_path / "bundle", art, trt=fake, cuda=cuda) as float_runner:
+        expected = float_runner.infer(FRAME_SPEC.apply_batch(list(bgr), "bgr"))
+    for order, frames in ((ChannelOrder.BGR, bgr), (ChannelOrder.RGB, np.ascontiguousarray(bgr[..., ::-1]))):
+        with backend.load(tmp_path / "bundle", art, trt=fake, cuda=cuda,
+                          frame_input=FrameInput(FRAME_SPEC, order)) as runner:
+            assert runner.input_metadata == {"frames": (np.dtype(np.uint8), (None, 32, 32, 3))}
+            np.testing.assert_allclose(runner.infer(frames), expected, rtol=1e-6, atol=1e-6)
+            with pytest.raises(BackendError, match="takes uint8 frames"):
+                runner.infer(FRAME_SPEC.apply_batch(list(bgr[:1]), "bgr"))
+    assert [a[0] for a in cuda.called("malloc")][-2:] == [8 * 32 * 32 * 3, 8 * NUM_CLASSES * 4]  # bytes, not floats
+
+
+def test_uint8_dtype_without_nptype_support_comes_from_the_member_name() -> None:
+    """An 8.x ``trt.nptype`` without uint8 (python/packaging/tensorrt/__init__.py before 10.0) raises KeyError."""
+    fake = FakeTensorRT("8.6.1")
+    old_nptype = {int(fake.DataType.FLOAT): np.float32}
+
+    class Old:
+        DataType = fake.DataType
+
+        @staticmethod
+        def nptype(dtype):
+            return old_nptype[int(dtype)]
+
+    assert numpy_dtype(Old, fake.DataType.UINT8) == np.uint8 and numpy_dtype(Old, fake.DataType.FLOAT) == np.float32
+
+
+@pytest.mark.tensorrt
+def test_real_tensorrt_frame_engine_matches_the_float_engine(tmp_path: Path) -> None:
+    """On a real GPU: the frame graph builds (uint8 input cast first), and uint8 frames give the float engine's
+    output on the host-normalised batch, up to TensorRT's own kernel differences."""
+    _real_gpu_or_skip()
+    backend = TensorRTBackend()
+    profile = _profile("e2e", versions=">=8.6", batch=BatchRange(1, 8, 16))
+    float_path = make_onnx(tmp_path / "f.onnx")
+    out = tmp_path / "bundle"
+    art = backend.compile(float_path, profile, out, Precision.FP32)
+    frames_path = _frame_graph(out, float_path)
+    backend.compile(frames_path, profile, out, Precision.FP32, engine_name="model.frames.plan")
+    art.files.update(frames_onnx=frames_path.name, frames_engine="model.frames.plan")
+    bgr = np.random.default_rng(5).integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    with backend.load(out, art) as runner:
+        expected = runner.infer(FRAME_SPEC.apply_batch(list(bgr), "bgr"))
+    with backend.load(out, art, frame_input=FrameInput(FRAME_SPEC, ChannelOrder.RGB)) as runner:
+        assert runner.input_metadata["frames"][0] == np.uint8
+        got = runner.infer(np.ascontiguousarray(bgr[..., ::-1]))
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_frame_input_refused_for_a_bundle_without_a_frame_graph(tmp_path: Path, qdq_onnx: Path) -> None:
+    fake, art = _compile(tmp_path, "10.3.0", DESKTOP, qdq_onnx)
+    with pytest.raises(BundleError, match="no frame graph"):
+        TensorRTBackend().load(tmp_path / "bundle", art, trt=fake, cuda=FakeCuda(fake, RTX),
+                               frame_input=FrameInput(FRAME_SPEC, ChannelOrder.BGR))
+
+
+@pytest.mark.slow
+def test_a_gpu_bundle_built_here_runs_camera_frames_through_its_frame_engine(tmp_path: Path, random_r18_graph,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile on a machine that is the target builds both engines; runtime.load then feeds the frame engine uint8
+    frames, with the host path's results (the fake engines run their graphs with ONNX Runtime)."""
+    import edge_resnet.backends.tensorrt.backend as backend_module
+    import edge_resnet.runtime as rt
+    from edge_resnet.bundle import load_bundle
+    from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle
+
+    fake = FakeTensorRT("10.3.0", execute_graphs=True)
+    cuda = FakeCuda(fake, RTX)
+    monkeypatch.setattr(TensorRTBackend, "available", lambda self: True)
+    monkeypatch.setattr(backend_module, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(backend_module, "load_cuda", lambda: cuda)
+    out = tmp_path / "gpu"
+    compile_bundle(ModelSource(name="resnet18", num_classes=10), CompileOptions(
+        target="gpu", calib="digits:train", calib_count=16, progress=False), out, input_size=32,
+        float_graph=random_r18_graph)
+    bundle = load_bundle(out)
+    assert bundle.artifact.files["frames_engine"] == "model.frames.plan" and (out / "model.frames.plan").is_file()
+    assert bundle.manifest["inputs"]["frames"]["channel_order"].startswith("bgr")
+    frames = [np.random.default_rng(i).integers(0, 256, size=(48, 64, 3), dtype=np.uint8) for i in range(6)]
+    with rt.load(out, trt=fake, cuda=cuda) as model, \
+            rt.load(out, trt=fake, cuda=cuda, normalize_in_engine=False) as host:
+        assert model.frame_runner is not None and host.frame_runner is None
+        np.testing.assert_allclose(model.infer(frames), host.infer(frames), rtol=1e-5, atol=1e-5)
+        rgb = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+        np.testing.assert_allclose(model.infer(rgb, order="rgb"), host.infer(frames), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ Orin modules: one name, several GPUs

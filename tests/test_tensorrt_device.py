@@ -20,6 +20,7 @@ from fakes.fake_tensorrt import FakePyCudaDriver, FakeTensorRT
 
 import edge_resnet.runtime as rt
 from edge_resnet.backends.tensorrt import DeviceInfo, PyCudaRuntime
+from edge_resnet.backends.tensorrt.engine import read_record
 from edge_resnet.bundle import load_bundle
 from edge_resnet.compile import CompileOptions, ModelSource, compile_bundle, float_graph_for
 from edge_resnet.errors import BundleError
@@ -38,16 +39,16 @@ def prepared(tmp_path_factory, random_r18_graph) -> Path:
     return out
 
 
-def built(prepared: Path, root: Path, version: str = "10.3.0", device: dict | None = None) -> Path:
+def built(prepared: Path, root: Path, version: str = "10.3.0", device: dict | None = None, *args: str) -> Path:
     bundle = shutil.copytree(prepared, root / "bundle")
     install_trtexec(root / "bin", version, device=device or ORIN_NANO)
-    res = run_script(bundle, root / "bin")
+    res = run_script(bundle, root / "bin", *args)
     assert res.returncode == 0, res.stderr + res.stdout
     return bundle
 
 
-def device_runtime(version: str = "10.3.0", device: dict | None = None) -> dict:
-    trt = FakeTensorRT(version)
+def device_runtime(version: str = "10.3.0", device: dict | None = None, execute_graphs: bool = False) -> dict:
+    trt = FakeTensorRT(version, execute_graphs=execute_graphs)
     info = DeviceInfo(**(device or ORIN_NANO))
     return {"trt": trt, "cuda": PyCudaRuntime(FakePyCudaDriver(trt, info))}
 
@@ -118,6 +119,37 @@ def test_device_record_names_the_engine_the_manifest_declares(tmp_path: Path, pr
         rt.load(bundle, **device_runtime())
 
 
+def test_runtime_feeds_uint8_frames_to_the_device_built_frame_engine(tmp_path: Path, prepared: Path) -> None:
+    """After ./build_engine.sh --frames, runtime.load gives the frame engine resized, cropped uint8 frames; the
+    numbers are the host path's (the fake engines run the graphs trtexec built them from with ONNX Runtime)."""
+    bundle = built(prepared, tmp_path, "10.3.0", None, "--frames")
+    frames = [np.random.default_rng(i).integers(0, 256, size=(40, 52, 3), dtype=np.uint8) for i in range(5)]
+    with rt.load(bundle, **device_runtime(execute_graphs=True)) as model, \
+            rt.load(bundle, normalize_in_engine=False, **device_runtime(execute_graphs=True)) as host:
+        assert model.frame_runner is not None and model.frame_runner.input_dtype == np.uint8
+        np.testing.assert_allclose(model.infer(frames), host.infer(frames), rtol=1e-5, atol=1e-5)
+        assert [r.index for r in model.classify(frames)] == [r.index for r in host.classify(frames)]
+
+
+def test_without_the_frame_engine_the_host_normalises(tmp_path: Path, prepared: Path, caplog) -> None:
+    bundle = built(prepared, tmp_path)  # no --frames
+    with caplog.at_level("INFO", logger="edge_resnet.runtime.model"), rt.load(bundle, **device_runtime()) as model:
+        assert model.frame_runner is None
+        assert len(model.classify(np.zeros((32, 32, 3), np.uint8))) == 1
+    assert "frame engine" in caplog.text and "--frames" in caplog.text
+    assert "does not list" not in caplog.text  # the device's files are declared (device_build), not strangers
+    with pytest.raises(BundleError, match=r"not been built on this device\n.*build_engine.sh --frames"):
+        rt.load(bundle, normalize_in_engine=True, **device_runtime())
+
+
+def test_a_replaced_frame_engine_is_refused(tmp_path: Path, prepared: Path) -> None:
+    bundle = built(prepared, tmp_path, "10.3.0", None, "--frames")
+    with open(bundle / "model.frames.plan", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="not the frame engine the record describes"):
+        rt.load(bundle, normalize_in_engine=True, **device_runtime())
+
+
 @pytest.mark.slow
 def test_validate_and_bench_run_on_the_device(tmp_path: Path, prepared: Path) -> None:
     """`edge-resnet validate` and `bench` as a user on the device runs them (fake tensorrt/pycuda importable)."""
@@ -168,6 +200,7 @@ def test_readme_jetson_steps(tmp_path: Path) -> None:
         assert res.returncode == 0, f"{line}\n{res.stdout}\n{res.stderr}"
         outputs.append(res.stdout)
     assert (device / "bundle" / "model.plan").is_file() and (device / "bundle" / "model.deepstream.plan").is_file()
+    assert read_record(device / "bundle" / "engine.json").extra["frames_engine"]["file"] == "model.frames.plan"
     assert "trtexec timing on this device" in outputs[1]
     assert "artifact  jetson-orin-nano: tensorrt" in outputs[1] and "top-1" in outputs[1]  # build_engine.sh --validate
     assert "Classification(" in outputs[-1]

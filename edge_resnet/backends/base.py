@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_resnet.errors import BackendError, BackendUnavailable
+from edge_resnet.errors import BackendError, BackendUnavailable, BundleError
 from edge_resnet.targets import TargetProfile
 from edge_resnet.types import ActivationFormat, BackendName, Precision
 
@@ -102,18 +102,32 @@ class FrameInput:
         return (self.spec.input_size, self.spec.input_size, 3)
 
 
-def declared_inputs(backend: Backend, spec: PreprocessSpec, input_name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FramesDeclaration:
+    """What the manifest says of an artifact's uint8 frame input: its channel order and where it comes from."""
+
+    channel_order: str
+    how: str
+
+
+AT_LOAD = FramesDeclaration("chosen at load (edge_resnet.runtime.load order=..., default bgr)",
+                            "added at load: backends.base.FrameInput")
+
+
+def declared_inputs(backend: Backend, spec: PreprocessSpec, input_name: str,
+                    artifact: Artifact | None = None) -> dict[str, Any]:
     """The manifest's ``inputs``: the entry points a bundle's artifact offers at load."""
     size = spec.input_size
     inputs: dict[str, Any] = {"tensor": {
         "name": input_name, "dtype": "float32", "layout": "NCHW", "shape": [None, 3, size, size],
         "channel_order": spec.channel_order.value, "what": "preprocessed: resized, cropped, normalised (preprocess)"}}
-    if backend.takes_frames:
+    frames = backend.frames_declaration(artifact)
+    if frames is not None:
         inputs["frames"] = {
             "dtype": "uint8", "layout": "NHWC", "shape": [None, size, size, 3],
-            "channel_order": "chosen at load (edge_resnet.runtime.load order=..., default bgr)",
+            "channel_order": frames.channel_order,
             "what": "resized and cropped frames (preprocess resize/resampler); the engine converts, swaps channels "
-                    "and normalises (added at load: backends.base.FrameInput)"}
+                    f"and normalises ({frames.how})"}
     return inputs
 
 
@@ -247,6 +261,17 @@ class Backend(ABC):
     # other types, are refused by Bundle.load_runner (check_load_options; None: not declared, nothing checked)
     load_options: dict[str, tuple[type, ...]] | None = None
     takes_frames: bool = False  # load(..., frame_input=FrameInput(...)) gives a runner taking uint8 frames
+
+    def frames_declaration(self, artifact: Artifact | None) -> FramesDeclaration | None:
+        """How ``artifact`` takes uint8 frames, for the manifest; None when it cannot."""
+        return AT_LOAD if self.takes_frames else None
+
+    def frame_input_problem(self, bundle: Any) -> BundleError | None:
+        """Why ``bundle`` (an opened Bundle) cannot be loaded with ``frame_input`` here; None when it can."""
+        if self.takes_frames:
+            return None
+        return BundleError(f"the {self.name.value} backend cannot normalise frames inside the engine",
+                           "load with normalize_in_engine=False (the host normalises)")
 
     def throughput_config(self) -> ThroughputConfig | None:
         """This backend's throughput configuration; None (the default): streams use the model's own

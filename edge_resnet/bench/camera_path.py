@@ -135,7 +135,7 @@ def bundle_pipeline(source: str = "digits:test", frames: int = 200, warmup: int 
         if bundle is None:
             raise BundleError(f"--pipeline needs a bundle (its preprocessing and output kind); {target.path} is a bare file",
                               "benchmark the bundle directory")
-        in_engine = get_backend(bundle.artifact.backend).takes_frames  # as edge_resnet.runtime.load does
+        in_engine = get_backend(bundle.artifact.backend).frame_input_problem(bundle) is None  # as runtime.load
         options: dict[str, Any] = {"frame_input": FrameInput(bundle.spec, ChannelOrder.RGB)} if in_engine else {}
         with target.subject.load(threads=threads, hint=Mode.LATENCY.hint, **options) as runner:
             return run_pipeline(runner, bundle.spec, source, frames, warmup, bundle.output_kind,

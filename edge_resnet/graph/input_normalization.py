@@ -6,7 +6,9 @@ as written (ONNX Runtime) gives the host path's numbers bit for bit:
 
 * :func:`with_frame_input`: a uint8 ``N x S x S x 3`` input (camera frames after resize + crop, in a
   given channel order) -> NHWC -> NCHW, channel swap, cast, normalisation. The runtime's ONNX
-  Runtime path.
+  Runtime path; with ``cast_first`` the cast comes first, TensorRT's frame graph (TensorRT takes uint8
+  only as network I/O, converted to float before any other layer: see :mod:`edge_resnet.backends.tensorrt.frames`).
+  The cast is exact, so both orders give the same floats.
 * :func:`with_pixel_input`: a float32 NCHW input of raw 0..255 pixels in the model's channel order
   -> normalisation. DeepStream's graph: nvinfer then runs with ``net-scale-factor=1`` and zero
   offsets, which is exact whatever the per-channel std (one scalar scale is not).
@@ -78,7 +80,8 @@ def _replace_input(model: onnx.ModelProto, old: onnx.ValueInfoProto, new: onnx.V
     return out
 
 
-def with_frame_input(model: onnx.ModelProto, spec: PreprocessSpec, frame_order: ChannelOrder | str) -> onnx.ModelProto:
+def with_frame_input(model: onnx.ModelProto, spec: PreprocessSpec, frame_order: ChannelOrder | str, *,
+                     cast_first: bool = False) -> onnx.ModelProto:
     """``model`` taking uint8 ``N x S x S x 3`` frames in ``frame_order`` (see the module docstring)."""
     frame_order = ChannelOrder(getattr(frame_order, "value", frame_order))
     old = _image_input(model)
@@ -89,17 +92,26 @@ def with_frame_input(model: onnx.ModelProto, spec: PreprocessSpec, frame_order: 
     source = names.new(FRAMES_INPUT)
     # layout and channel order on the uint8 frames (a quarter of the bytes), then float: in ONNX Runtime the
     # prefix then costs about what host normalisation did, where normalising in NHWC first cost more
+    nodes: list[onnx.NodeProto] = []
+    current = source
+    as_float = names.new(f"{_PREFIX}/float")
+    cast = helper.make_node("Cast", [current], [as_float], to=TensorProto.FLOAT, name=names.new(f"{_PREFIX}/cast"))
+    if cast_first:
+        nodes.append(cast)
+        current = as_float
     nchw = names.new(f"{_PREFIX}/nchw")
-    nodes = [helper.make_node("Transpose", [source], [nchw], perm=[0, 3, 1, 2], name=names.new(f"{_PREFIX}/to_nchw"))]
+    nodes.append(helper.make_node("Transpose", [current], [nchw], perm=[0, 3, 1, 2], name=names.new(f"{_PREFIX}/to_nchw")))
     current = nchw
     if frame_order is not spec.channel_order:  # the frame's channel c is the model's channel 2 - c
         swapped, order = names.new(f"{_PREFIX}/swapped"), names.new(f"{_PREFIX}/reverse")
         work.graph.initializer.append(numpy_helper.from_array(np.asarray([2, 1, 0], dtype=np.int64), order))
         nodes.append(helper.make_node("Gather", [current, order], [swapped], axis=1, name=names.new(f"{_PREFIX}/swap")))
         current = swapped
-    as_float = names.new(f"{_PREFIX}/float")
-    nodes.append(helper.make_node("Cast", [current], [as_float], to=TensorProto.FLOAT, name=names.new(f"{_PREFIX}/cast")))
-    nodes += _normalize(work, spec, as_float, old.name, names, (1, 3, 1, 1))
+    if not cast_first:
+        cast.input[0] = current
+        nodes.append(cast)
+        current = as_float
+    nodes += _normalize(work, spec, current, old.name, names, (1, 3, 1, 1))
     new = helper.make_tensor_value_info(source, TensorProto.UINT8, [_batch_dim(old), size, size, 3])
     return _replace_input(work, old, new, nodes)
 

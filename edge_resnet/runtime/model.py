@@ -9,8 +9,8 @@ Frames are uint8 HxWx3 (OpenCV's BGR by default, ``order="rgb"`` for PIL/numpy R
 lists of them, or an (N, H, W, 3) uint8 array; an NCHW float32 array is taken as already
 preprocessed and passed through. Nothing here imports torch.
 
-Where the backend can (OpenVINO, ONNX Runtime: ``Backend.takes_frames``), the engine takes the
-frames themselves: the host only resizes and crops, and the conversion to float, the channel swap,
+Where the backend can (OpenVINO, ONNX Runtime, TensorRT with its frame engine:
+``Backend.frame_input_problem``), the engine takes the frames themselves: the host only resizes and crops, and the conversion to float, the channel swap,
 the mean/std and HWC -> NCHW run inside the model (see backends.base.FrameInput). Float NCHW batches
 go to the artifact's own float input, loaded the first time one is passed.
 
@@ -360,11 +360,13 @@ def model_of(bundle: Bundle, *, order: ChannelOrder | str = ChannelOrder.BGR, no
     from edge_resnet.backends.base import get_backend
 
     order = parse_order(order)
-    takes_frames = get_backend(bundle.artifact.backend).takes_frames
-    if normalize_in_engine and not takes_frames:
-        raise BundleError(f"the {bundle.artifact.backend.value} backend cannot normalise frames inside the engine",
-                          "load with normalize_in_engine=False (the host normalises)")
-    if takes_frames and normalize_in_engine is not False:
+    problem = get_backend(bundle.artifact.backend).frame_input_problem(bundle)
+    if normalize_in_engine and problem is not None:
+        raise problem
+    if problem is not None and normalize_in_engine is None:
+        log.info("%s: the host normalises frames (%s; to normalise in the engine: %s)", bundle.path, problem.problem,
+                 problem.fix)
+    if problem is None and normalize_in_engine is not False:
         frame_runner = bundle.load_runner(**runner_options, frame_input=FrameInput(bundle.spec, order))
         return Model(bundle, None, order, runner_options, frame_runner=frame_runner)
     return Model(bundle, bundle.load_runner(**runner_options), order, runner_options)

@@ -29,6 +29,10 @@ too. Each rule cites where it was read:
   fake does one of the three things callers guard against (``foreign_timing_cache``): "reject" (set_timing_cache
   with ignore_mismatch=False returns False), "none" (create returns None, trtexec's "TimingCache creation failed"
   check, sampleEngines.cpp) or "raise".
+* DataType UINT8 = 5 and TensorFormat LINEAR = 0 (NvInferRuntimeBase.h, 8.6 and 10.x); a UINT8 network input
+  must feed a Cast to FP32/FP16, or the build fails (``formats.uint8_input_problem``, NVIDIA/TensorRT#3985). The
+  engines report their input as LINEAR: the only format our builds request (trtexec's default for an input
+  without ``--inputIOFormats``, sampleEngines.cpp 10.x).
 * The build uses the CUDA device current on the calling thread (TensorRT builds on the current device); with no
   device selected on a thread, the runtime API uses device 0.
 
@@ -41,7 +45,9 @@ CUDA fakes (per-thread rules from the CUDA driver/runtime API references and ind
 * ``FakeCuda``: the runner's interface, with the same rule (device work only inside ``activate()`` on that thread).
 
 Everything our code does is appended to ``.calls`` as ``(name, args)``; ``.called(name)`` filters.
-The fake engine computes ``logits[n, k] = mean(input[n]) * (k + 1)`` so the runner can be checked end to end.
+The fake engine computes ``logits[n, k] = mean(input[n]) * (k + 1)`` so the runner can be checked end to end; with
+``execute_graphs=True`` it runs the ONNX graph it was built from with ONNX Runtime instead, so a test can compare
+the numbers of two engines (the frame engine's against the float-input engine's).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from itertools import count
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -79,8 +86,11 @@ _BUILDER_FLAGS = {
 _MEMORY_POOLS = {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "DLA_LOCAL_DRAM": 2, "DLA_GLOBAL_DRAM": 3}
 _DEVICE_TYPES = {"GPU": 0, "DLA": 1}
 _IO_MODES = {"NONE": 0, "INPUT": 1, "OUTPUT": 2}
-_DATA_TYPES = {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4}
-_NPTYPES = {0: np.float32, 1: np.float16, 2: np.int8, 3: np.int32, 4: np.bool_}
+_DATA_TYPES = {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5}
+_NPTYPES = {0: np.float32, 1: np.float16, 2: np.int8, 3: np.int32, 4: np.bool_, 5: np.uint8}
+_TENSOR_FORMATS = {"LINEAR": 0, "CHW2": 1, "HWC8": 2, "CHW4": 3, "CHW16": 4, "CHW32": 5, "DHWC8": 6, "CDHW32": 7,
+                   "HWC": 8}
+_GRAPHS: dict[str, bytes] = {}  # graphs built in this process, by sha256 (execute_graphs)
 
 from fakes.formats import (  # noqa: E402
     PLAN_MAGIC,
@@ -91,6 +101,7 @@ from fakes.formats import (  # noqa: E402
     plan_bytes,
     read_plan,
     timing_cache_bytes,
+    uint8_input_problem,
     version_tuple,
 )
 
@@ -294,6 +305,9 @@ class _Builder:
             return f"strongly typed network cannot use precision flags {weak}"
         if any(-1 in t.shape for t in network.inputs) and not config.profiles:
             return "network has dynamic inputs but no optimization profile"
+        uint8 = uint8_input_problem(network.model) if network.model is not None else None
+        if uint8:
+            return f"Error Code 4: API Usage Error ({uint8})"
         if config.calibrator is not None:
             cache = bytes(config.calibrator.read_calibration_cache() or b"")
             self.trt.record("calibrator.read_calibration_cache", cache)
@@ -313,6 +327,12 @@ class _Builder:
         shapes = config.profiles[0].shapes[inp.name] if config.profiles else (inp.shape,) * 3
         assert network.model is not None
         meta = {**engine_meta(network.model, shapes), "device": self.device}
+        if self.trt.execute_graphs:
+            import hashlib
+
+            data = network.model.SerializeToString()
+            meta["graph_sha"] = hashlib.sha256(data).hexdigest()
+            _GRAPHS[meta["graph_sha"]] = data
         return _HostMemory(plan_bytes(self.trt.__version__, meta))
 
 
@@ -355,9 +375,15 @@ class _Context:
         if built_on != here:  # the engine's memory and kernels live on the device it was deserialized for
             raise RuntimeError(f"engine of CUDA device {built_on} executed with device {here} current")
         mem = self.trt.memory
-        x = np.frombuffer(mem[in_ptr], np.float32, int(np.prod(self.input_shape))).reshape(self.input_shape)
+        dtype = np.dtype(self.engine.meta.get("input_dtype", "float32"))
+        x = np.frombuffer(mem[in_ptr], dtype, int(np.prod(self.input_shape))).reshape(self.input_shape)
         k = self.engine.meta["classes"]
-        y = x.reshape(x.shape[0], -1).mean(axis=1, keepdims=True) * np.arange(1, k + 1, dtype=np.float32)
+        session = self.engine.session()
+        if session is not None:
+            y = session.run(None, {self.engine.meta["input"]: x})[0]
+        else:
+            y = x.reshape(x.shape[0], -1).mean(axis=1, keepdims=True, dtype=np.float32) * np.arange(1, k + 1,
+                                                                                                 dtype=np.float32)
         mem[out_ptr][: y.nbytes] = y.astype(np.float32).tobytes()
         return True
 
@@ -388,6 +414,28 @@ class _Engine:
     def __init__(self, trt: FakeTensorRT, meta: dict[str, Any]) -> None:
         self.trt, self.meta = trt, meta
         self.names = [meta["input"], meta["output"]]
+        self._session: Any = None
+
+    def session(self) -> Any:
+        """ONNX Runtime on the graph this engine was built from (execute_graphs), else None."""
+        if not self.trt.execute_graphs:
+            return None
+        if self._session is None:
+            import onnxruntime as ort
+
+            data = _GRAPHS.get(self.meta.get("graph_sha", "")) or (
+                Path(self.meta["graph_path"]).read_bytes() if "graph_path" in self.meta else None)
+            if data is None:
+                raise AssertionError("execute_graphs: this engine's graph was not built in this process")
+            self._session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def _dtype(self, name: str) -> IntEnum:
+        uint8 = name == self.meta["input"] and self.meta.get("input_dtype") == "uint8"
+        return self.trt.DataType.UINT8 if uint8 else self.trt.DataType.FLOAT
+
+    def get_tensor_format(self, name: str) -> IntEnum:
+        return self.trt.TensorFormat.LINEAR
 
     def create_execution_context(self) -> _Context:
         self.trt.record("ICudaEngine.create_execution_context")
@@ -404,7 +452,7 @@ class _Engine:
         return self.trt.TensorIOMode.INPUT if name == self.meta["input"] else self.trt.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name: str) -> IntEnum:
-        return self.trt.DataType.FLOAT
+        return self._dtype(name)
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name == self.meta["input"]:
@@ -421,7 +469,7 @@ class _Engine:
             "num_bindings": 2,
             "get_binding_name": lambda i: self.names[i],
             "binding_is_input": lambda i: i == 0,
-            "get_binding_dtype": lambda i: self.trt.DataType.FLOAT,
+            "get_binding_dtype": lambda i: self._dtype(self.names[i]),
             "get_binding_shape": lambda i: self.get_tensor_shape(self.names[i]),
             "get_profile_shape": lambda profile, i: self.get_tensor_profile_shape(self.names[i], profile),
         }
@@ -470,7 +518,8 @@ class FakeTensorRT(_Recorder):
     """Pass as ``trt=`` wherever edge_resnet takes an injectable tensorrt module."""
 
     def __init__(self, version: str = "10.3.0", dla_cores: int = 0, unsupported_ops: frozenset[str] = frozenset(),
-                 fail_build: bool = False, device_tag: bytes = b"gpu0", foreign_timing_cache: str = "reject") -> None:
+                 fail_build: bool = False, device_tag: bytes = b"gpu0", foreign_timing_cache: str = "reject",
+                 execute_graphs: bool = False) -> None:
         super().__init__()
         self.__version__ = version
         self.generation = int(version.split(".")[0])
@@ -479,6 +528,7 @@ class FakeTensorRT(_Recorder):
         self.fail_build = fail_build
         self.device_tag = device_tag
         self.foreign_timing_cache = foreign_timing_cache
+        self.execute_graphs = execute_graphs
         self.memory: dict[int, bytearray] = {}
         self.current_device = lambda: 0  # replaced by the CUDA fake the test attaches (attach_cuda)
         self.NetworkDefinitionCreationFlag = IntEnum("NetworkDefinitionCreationFlag", _NETWORK_FLAGS[self.generation])
@@ -487,6 +537,7 @@ class FakeTensorRT(_Recorder):
         self.DeviceType = IntEnum("DeviceType", _DEVICE_TYPES)
         self.TensorIOMode = IntEnum("TensorIOMode", _IO_MODES)
         self.DataType = IntEnum("DataType", _DATA_TYPES)
+        self.TensorFormat = IntEnum("TensorFormat", _TENSOR_FORMATS)
         self.Logger = _Logger
         if self.generation < 11:
             self.IInt8EntropyCalibrator2 = _Calibrator

@@ -20,6 +20,9 @@ Rules, with their sources (NVIDIA/TensorRT samples/common and samples/trtexec):
   ("Tensor input is bound to nullptr", NVIDIA/Deep-Learning-Accelerator-SW#26; NVIDIA/TensorRT#1378).
 * ``--timingCacheFile``: another version's cache makes createTimingCache fail -> "TimingCache creation failed"
   (sampleEngines.cpp; the worst of the undocumented outcomes).
+* ``--inputIOFormats`` is not given, so a UINT8 input keeps its type and LINEAR format (sampleEngines.cpp 10.x
+  setupNetworkAndConfig: "case DataType::kUINT8: // Leave these as is"); a UINT8 input must feed a Cast
+  (``formats.uint8_input_problem``, NVIDIA/TensorRT#3985).
 * Log: "=== Device Information ===", "Selected Device:", "Compute Capability:", "SMs:", "Device Global Memory: N
   MiB" (sampleDevice.cpp setCudaDevice), "TensorRT version: X.Y.Z" (trtexec.cpp), "=== Performance summary ==="
   with "Throughput: ... qps", "Latency: min = ... ms, ..." (sampleReporting.cpp printEpilog). Lines prefixed
@@ -45,6 +48,7 @@ from fakes.formats import (  # noqa: E402
     nv_version_code,
     plan_bytes,
     timing_cache_bytes,
+    uint8_input_problem,
     version_tuple,
 )
 
@@ -169,12 +173,16 @@ def main(argv: list[str]) -> int:
     timing = opts.get("--timingCacheFile")
     if timing and Path(timing).is_file() and Path(timing).read_bytes() != timing_cache_bytes(version_text, tag):
         return done(fail(banner, "TimingCache creation failed"))
+    uint8 = uint8_input_problem(model)  # the builder's rule (formats.uint8_input_problem cites it)
+    if uint8:
+        return done(fail(banner, f"Error Code 4: API Usage Error ({uint8})"))
     if os.environ.get("FAKE_TRTEXEC_FAIL"):
         return done(fail(banner, "Engine could not be created from network"))
     default = tuple(d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim)
     profile = tuple(shapes.get(k, default) for k in ("--minShapes", "--optShapes", "--maxShapes"))
     if "--saveEngine" in opts:
-        Path(opts["--saveEngine"]).write_bytes(plan_bytes(version_text, engine_meta(model, profile)))
+        meta = {**engine_meta(model, profile), "graph_path": str(Path(opts["--onnx"]).resolve())}
+        Path(opts["--saveEngine"]).write_bytes(plan_bytes(version_text, meta))
     if timing:
         Path(timing).write_bytes(timing_cache_bytes(version_text, tag))
     log("Engine built in 1.0 sec.")

@@ -18,7 +18,15 @@ from typing import Any
 
 import onnx
 
-from edge_resnet.backends.base import ANY_OBJECT, Artifact, Backend, BundleContext, Runner
+from edge_resnet.backends.base import (
+    ANY_OBJECT,
+    Artifact,
+    Backend,
+    BundleContext,
+    FrameInput,
+    FramesDeclaration,
+    Runner,
+)
 from edge_resnet.backends.tensorrt.build import build_engine, import_tensorrt
 from edge_resnet.backends.tensorrt.calibration_cache import write_calibration_cache
 from edge_resnet.backends.tensorrt.cuda import DeviceInfo, device_index, load_cuda
@@ -42,8 +50,11 @@ from edge_resnet.backends.tensorrt.files import (
     DEEPSTREAM_CONFIG,
     DEEPSTREAM_LABELS,
     DEEPSTREAM_ONNX,
+    FRAMES_ENGINE,
+    FRAMES_ONNX,
     DeviceBuild,
 )
+from edge_resnet.backends.tensorrt.frames import FRAMES_ORDER, frames_graph
 from edge_resnet.backends.tensorrt.plan import (
     ENGINE_FILE,
     IO_API,
@@ -68,7 +79,40 @@ class TensorRTBackend(Backend):
     name = BackendName.TENSORRT
     library = "tensorrt"
     load_options = {"trt": ANY_OBJECT, "cuda": ANY_OBJECT, "device_index": (int, type(None)),
-                    "allow_device_mismatch": (bool,), "allow_gpu_name_mismatch": (bool,)}
+                    "allow_device_mismatch": (bool,), "allow_gpu_name_mismatch": (bool,),
+                    "frame_input": (FrameInput, type(None))}
+
+    # ---- the frame engine (see .frames): a bundle has one when its route allows it and it has been built
+
+    def frames_declaration(self, artifact: Artifact | None) -> FramesDeclaration | None:
+        if artifact is None or "frames_onnx" not in artifact.files:
+            return None
+        return FramesDeclaration(
+            f"{FRAMES_ORDER.value} (fixed in the engine; rgb frames are reversed as they are copied to the GPU)",
+            f"{FRAMES_ONNX}: its engine is built with the main one at compile time on the target, or by "
+            "./build_engine.sh --frames on the device")
+
+    def frame_input_problem(self, bundle: Any) -> BundleError | None:
+        artifact = bundle.artifact
+        if "frames_onnx" not in artifact.files:
+            return BundleError(f"the TensorRT bundle {bundle.path} has no frame graph (implicit INT8 and DLA builds "
+                               "normalise on the host)", "load with normalize_in_engine=False (the host normalises)")
+        if "frames_engine" in artifact.files:
+            return None
+        name = artifact.device_build.get("frames_engine")
+        record_name = artifact.device_build.get("record")
+        if name and record_name:
+            from edge_resnet.bundle import confined
+
+            record_path = confined(bundle.path, record_name, "engine record")
+            try:
+                built = read_record(record_path).extra.get("frames_engine") if record_path.is_file() else None
+            except BundleError as exc:
+                return exc
+            if isinstance(built, dict) and built.get("file") == name:
+                return None
+        return BundleError(f"the frame engine of {bundle.path} has not been built on this device",
+                           f"run ./build_engine.sh --frames in {bundle.path} (or load with normalize_in_engine=False)")
 
     # ---- calibration: every activation (implicit builds, the DLA route and the calibration cache read them all)
 
@@ -120,10 +164,12 @@ class TensorRTBackend(Backend):
 
     def load(self, bundle_dir: Path, artifact: Artifact, **options: Any) -> Runner:
         """Options: trt, cuda (injectable), bundle (the Bundle, for its path resolver), device_index (default: the
-        profile's), allow_device_mismatch (same compute capability, another GPU model; default False)."""
+        profile's), allow_device_mismatch (same compute capability, another GPU model; default False),
+        frame_input (load the frame engine: uint8 frames in, see .frames)."""
         from edge_resnet.bundle import confined, load_bundle
 
         bundle = options.get("bundle")
+        frame_input: FrameInput | None = options.get("frame_input")
 
         def path(name: str, what: str) -> Path:  # every path stays inside the bundle; listed when we have its manifest
             return bundle.file(name, what) if bundle is not None else confined(Path(bundle_dir), name, what)
@@ -133,9 +179,16 @@ class TensorRTBackend(Backend):
         index = int(options.get("device_index", artifact.info.get("device_index", 0)))
         allow = bool(options.get("allow_device_mismatch", options.get("allow_gpu_name_mismatch", False)))
         here = cuda.device_info(index)
+        if frame_input is not None and "frames_onnx" not in artifact.files:
+            raise BundleError(f"the TensorRT bundle in {bundle_dir} has no frame graph (implicit INT8 and DLA builds "
+                              "normalise on the host)", "load it without frame_input and pass float32 NCHW batches")
         if "engine" in artifact.files:  # built at compile time, covered by the manifest's hashes
             check_engine_portability(artifact.info, trt.__version__, here, allow)
-            engine_path = path(artifact.files["engine"], "TensorRT engine")
+            role = "frames_engine" if frame_input is not None else "engine"
+            if role not in artifact.files:
+                raise BundleError(f"the TensorRT bundle in {bundle_dir} was built without its frame engine",
+                                  "compile it again, or load it without frame_input")
+            engine_path = path(artifact.files[role], "TensorRT engine")
             dla_core = artifact.info.get("dla_core")
             if not engine_path.is_file():
                 raise BundleError(f"the bundle has no engine file {engine_path}", "re-run compile for this target")
@@ -150,6 +203,8 @@ class TensorRTBackend(Backend):
                                   f"{artifact.device_build['engine']!r}", "build the engine again with ./build_engine.sh")
             verify_record(record, engine_path, trt.__version__, here, manifest_sha256=_manifest_sha(bundle),
                           onnx_sha256=_listed_sha(bundle, record.onnx), allow_device_mismatch=allow)
+            if frame_input is not None:
+                engine_path = _device_frames_engine(bundle, artifact, record)
             dla_core = record.dla_core
         else:
             raise BundleError(f"the TensorRT artifact in {bundle_dir} names no engine",
@@ -167,7 +222,31 @@ class TensorRTBackend(Backend):
                 "rebuild the engine on this device (the bundle's ./build_engine.sh, or edge-resnet compile)",
             )
         io_api = IO_API[generation_unchecked(trt.__version__)]
-        return TensorRTRunner(trt, engine, cuda, io_api, artifact.info.get("output_name"))
+        reverse = frame_input is not None and frame_input.order is not FRAMES_ORDER
+        return TensorRTRunner(trt, engine, cuda, io_api, artifact.info.get("output_name"), reverse_channels=reverse)
+
+
+def _device_frames_engine(bundle: Any, artifact: Artifact, record: Any) -> Path:
+    """The device-built frame engine, checked through the record the main build wrote (same TensorRT, device and
+    manifest, already verified): its name is the manifest's, its sha256 and plan header the record's."""
+    from edge_resnet.backends.tensorrt.engine import plan_version
+    from edge_resnet.backends.tensorrt.versions import format_version, parse_version
+    from edge_resnet.bundle import confined
+
+    name = artifact.device_build.get("frames_engine")
+    built = record.extra.get("frames_engine")
+    if not name or not isinstance(built, dict) or built.get("file") != name:
+        raise BundleError(f"the frame engine of {bundle.path} has not been built on this device",
+                          f"run ./build_engine.sh --frames in {bundle.path}")
+    engine_path = confined(bundle.path, name, "frame engine")
+    if not engine_path.is_file() or sha256_path(engine_path) != built.get("sha256"):
+        raise BundleError(f"{name} is missing or is not the frame engine the record describes (sha256 differs)",
+                          "build the engines again with ./build_engine.sh --frames")
+    if plan_version(engine_path) != parse_version(record.tensorrt_version):
+        raise BundleError(f"{name} was serialized by TensorRT {format_version(plan_version(engine_path))}, not the "
+                          f"{record.tensorrt_version} of the main engine", "build the engines again with "
+                          "./build_engine.sh --frames")
+    return engine_path
 
 
 def _manifest_sha(bundle: Any) -> str | None:
@@ -232,7 +311,7 @@ class _Route:
     classifier: bool
     device_build: DeviceBuild
     # the DeepStream graph takes raw pixels and normalises them (exact); not for implicit (DLA) builds, whose
-    # calibration cache has no scales for the normalisation ops
+    # calibration cache has no scales for the normalisation ops; the frame graph (.frames) likewise
     pixel_input: bool = False
 
     @property
@@ -252,8 +331,9 @@ def _route(context: BundleContext) -> _Route:
     classifier = context.output_name == "logits" and bool(context.labels)
     implicit_anywhere = precision is Precision.INT8 and (profile.quant_mode is QuantMode.IMPLICIT or is_dla(profile))
     pixel_input = not implicit_anywhere and not (precision is Precision.INT8 and mode is QuantMode.IMPLICIT)
-    return _Route(mode, graph_role, classifier, DeviceBuild.make(implicit=implicit_anywhere, deepstream=classifier or pixel_input),
-                  pixel_input)
+    return _Route(mode, graph_role, classifier, DeviceBuild.make(implicit=implicit_anywhere,
+                                                                 deepstream=classifier or pixel_input,
+                                                                 frames=pixel_input), pixel_input)
 
 
 def _deepstream(context: BundleContext, route: _Route) -> dict[str, str]:
@@ -288,15 +368,29 @@ def _deepstream(context: BundleContext, route: _Route) -> dict[str, str]:
     return files
 
 
+def _frames(context: BundleContext, route: _Route) -> dict[str, str]:
+    """The frame graph (see .frames), from the graph the engine is built from."""
+    if not route.pixel_input:
+        return {}
+    from edge_resnet.graph.load import save_onnx
+
+    save_onnx(frames_graph(onnx.load(str(context.graphs[route.graph_role])), context.spec),
+              context.out_dir / FRAMES_ONNX)
+    return {"frames_onnx": FRAMES_ONNX}
+
+
 def _build_here(backend: TensorRTBackend, context: BundleContext, route: _Route, files: dict[str, str],
                 trt: ModuleType, cuda: Any) -> Artifact:
-    """The engine (and DeepStream's) built now: this machine is the target."""
+    """The engine (and DeepStream's, and the frame engine) built now: this machine is the target."""
     profile, precision, out = context.profile, context.precision, context.out_dir
     built = backend.compile(context.graphs[route.graph_role], profile, out, precision, trt=trt, cuda=cuda)
     if route.deepstream_graph:
         name = route.device_build.deepstream_engine or "model.deepstream.plan"
         backend.compile(out / DEEPSTREAM_ONNX, profile, out, precision, trt=trt, cuda=cuda, engine_name=name)
         files["deepstream_engine"] = name
+    if "frames_onnx" in files:
+        backend.compile(out / FRAMES_ONNX, profile, out, precision, trt=trt, cuda=cuda, engine_name=FRAMES_ENGINE)
+        files["frames_engine"] = FRAMES_ENGINE
     built.files.update(files)
     return built
 
@@ -307,12 +401,15 @@ def _build_on_device(context: BundleContext, route: _Route, files: dict[str, str
     graphs = {role: _graph(path) for role, path in context.graphs.items()}
     if route.deepstream_graph:
         graphs["deepstream"] = _graph(out / DEEPSTREAM_ONNX)
+    if "frames_onnx" in files:
+        graphs["frames"] = _graph(out / FRAMES_ONNX)
     cache = (CALIBRATION_CACHE, sha256_path(out / CALIBRATION_CACHE)) if "calibration_cache" in files else None
     dla_reason = ("DLA takes INT8 only from implicit quantization (NVIDIA/TensorRT#2222): on TensorRT 8.x/10.x this\n"
                   "script builds the float graph with the Q/DQ graph's scales in a calibration cache.") \
         if is_dla(profile) and precision is Precision.INT8 else ""
     write_build_script(out, ScriptSpec(profile, precision, graphs, route.device_build, cache,
-                                       route.graph_role if route.deepstream_graph else None, dla_reason))
+                                       route.graph_role if route.deepstream_graph else None, dla_reason,
+                                       route.graph_role if "frames_onnx" in files else None))
     files["build_script"] = BUILD_SCRIPT
     return route.device_build.to_dict()
 
@@ -329,6 +426,7 @@ def prepare_tensorrt_bundle(backend: TensorRTBackend, context: BundleContext, *,
         write_calibration_cache(out / CALIBRATION_CACHE, _cache_scales(context), trt_version=opts.default_version)
         files["calibration_cache"] = CALIBRATION_CACHE
     files.update(_deepstream(context, route))
+    files.update(_frames(context, route))
     info: dict[str, Any] = {"output_name": context.output_name, "device_index": device_index(profile.device),
                             "dla_core": opts.dla_core, "assumed_tensorrt_version": opts.default_version,
                             "quant_mode": route.mode.value}

@@ -15,6 +15,8 @@ CALIBRATION_CACHE = "calibration.cache"  # the scales, with the header of the pr
 DEEPSTREAM_CONFIG = "deepstream_nvinfer.txt"
 DEEPSTREAM_LABELS = "labels.deepstream.txt"  # nvinfer's format: one line per output layer, labels ';'-separated
 DEEPSTREAM_ONNX = "model.deepstream.onnx"  # DeepStream's graph: raw-pixel input, and a Softmax for classifiers
+FRAMES_ONNX = "model.frames.onnx"  # the runtime's frame graph: uint8 N x S x S x 3 frames in (see .frames)
+FRAMES_ENGINE = "model.frames.plan"
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,16 @@ class DeviceBuild:
     calibration_cache: str | None = None  # implicit builds: calibration.cache with this device's header
     deepstream_engine: str | None = None  # the DeepStream graph's engine (./build_engine.sh --deepstream)
     deepstream_log: str | None = None
+    frames_engine: str | None = None  # the frame graph's engine (./build_engine.sh --frames)
+    frames_log: str | None = None
 
     def to_dict(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def make(cls, implicit: bool, deepstream: bool) -> DeviceBuild:
+    def make(cls, implicit: bool, deepstream: bool, frames: bool = False) -> DeviceBuild:
         return cls(calibration_cache="calibration.device.cache" if implicit else None,
                    deepstream_engine="model.deepstream.plan" if deepstream else None,
-                   deepstream_log="trtexec.deepstream.log" if deepstream else None)
+                   deepstream_log="trtexec.deepstream.log" if deepstream else None,
+                   frames_engine=FRAMES_ENGINE if frames else None,
+                   frames_log="trtexec.frames.log" if frames else None)

@@ -6,6 +6,11 @@ tensors (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``; 8.
 samples/python/common_runtime.py of release/10.x, which sets every I/O tensor's address before
 ``execute_async_v3``).
 
+A frame engine (see :mod:`.frames`) has a uint8 N x S x S x 3 input; its dtype comes from the engine like any
+other (``trt.nptype`` maps uint8 in 10.0's python/packaging/bindings_wheel/tensorrt/__init__.py, and an older 8.x
+``nptype`` has no uint8, so the DataType's name is the fallback). It must be in the LINEAR format the builds ask for
+(``get_tensor_format``, named-tensor API), the row-major NHWC bytes the host copies.
+
 Not thread-safe (one IExecutionContext, one stream, shared device buffers): ``thread_safe = False``, so the runtime
 serialises calls; but the calls may come from any thread, so each makes the CUDA device current first.
 """
@@ -21,6 +26,21 @@ import numpy as np
 
 from edge_resnet.backends.base import Runner
 from edge_resnet.errors import BackendError
+
+_NUMPY_OF_TRT = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_,
+                 "UINT8": np.uint8}
+
+
+def numpy_dtype(trt: ModuleType, dtype: Any) -> np.dtype:
+    """The numpy dtype of a TensorRT DataType: ``trt.nptype``, else by the member's name."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except (TypeError, KeyError, ValueError):
+        name = getattr(dtype, "name", str(dtype).rpartition(".")[2])
+        if name not in _NUMPY_OF_TRT:
+            raise BackendError(f"the engine has a tensor of TensorRT type {name}, which edge-resnet does not feed",
+                               "build the engine from the bundle's graphs (./build_engine.sh)") from None
+        return np.dtype(_NUMPY_OF_TRT[name])
 
 
 @dataclass
@@ -41,7 +61,7 @@ class _NamedTensorIO:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.tensors = [
             _Binding(n, i, engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT,
-                     np.dtype(trt.nptype(engine.get_tensor_dtype(n))))
+                     numpy_dtype(trt, engine.get_tensor_dtype(n)))
             for i, n in enumerate(names)
         ]
 
@@ -74,7 +94,7 @@ class _BindingsIO:
         self.engine = engine
         self.tensors = [
             _Binding(engine.get_binding_name(i), i, engine.binding_is_input(i),
-                     np.dtype(trt.nptype(engine.get_binding_dtype(i))))
+                     numpy_dtype(trt, engine.get_binding_dtype(i)))
             for i in range(engine.num_bindings)
         ]
 
@@ -106,8 +126,10 @@ class TensorRTRunner(Runner):
     thread_safe = False
     artifact_noun = "engine"
 
-    def __init__(self, trt: ModuleType, engine: Any, cuda: Any, io_api: str, output_name: str | None = None) -> None:
+    def __init__(self, trt: ModuleType, engine: Any, cuda: Any, io_api: str, output_name: str | None = None, *,
+                 reverse_channels: bool = False) -> None:
         self.trt, self.engine, self.cuda = trt, engine, cuda
+        self.reverse_channels = reverse_channels  # frame engines: the frames' channel order is not the engine's
         with cuda.activate():
             self.io = IO_CLASSES[io_api](trt, engine)
             self.context = engine.create_execution_context()
@@ -119,6 +141,12 @@ class TensorRTRunner(Runner):
             self.output = named[0] if named else outputs[0]
             self.input = inputs[0]
             self.input_name = self.input.name
+            self.input_dtype = self.input.dtype
+            if self.input.dtype == np.uint8:
+                _check_linear(trt, engine, self.input.name)
+            elif reverse_channels:
+                raise BackendError("channel reversal is for frame engines (uint8 input); this engine takes "
+                                   f"{self.input.dtype} input")
             self.min_batch, self.max_batch = self.io.profile_batches(self.input)
             self.sample_shape = self.io.max_shape(self.input)[1:]
             self.stream = cuda.stream_create()
@@ -138,7 +166,7 @@ class TensorRTRunner(Runner):
         n = chunk.shape[0]
         padded = n if n >= self.min_batch else self.min_batch  # static (DLA) engines: pad to the built batch
         host_in = np.zeros((padded, *self.sample_shape), self.input.dtype)
-        host_in[:n] = chunk
+        host_in[:n] = chunk[..., ::-1] if self.reverse_channels else chunk  # the copy we make anyway
         self.io.set_input_shape(self.context, self.input, host_in.shape)
         self.cuda.htod(self.input.ptr, np.ascontiguousarray(host_in), self.stream)
         if not self.io.execute(self.context, self.cuda.stream_handle(self.stream)):
@@ -160,3 +188,14 @@ class TensorRTRunner(Runner):
             self.cuda.stream_destroy(self.stream)
             self.stream = None
         self.cuda.release()
+
+
+def _check_linear(trt: ModuleType, engine: Any, name: str) -> None:
+    """A uint8 frame input must be LINEAR (row-major NHWC bytes), what the builds request (see :mod:`.frames`)."""
+    get_format = getattr(engine, "get_tensor_format", None)
+    if get_format is None:  # no named-tensor API to ask: the builds only ever request LINEAR
+        return
+    fmt = get_format(name)
+    if fmt != trt.TensorFormat.LINEAR:
+        raise BackendError(f"the engine's uint8 input {name!r} has format {getattr(fmt, 'name', fmt)}, not LINEAR",
+                           "build the frame engine with the bundle's ./build_engine.sh --frames (no --inputIOFormats)")

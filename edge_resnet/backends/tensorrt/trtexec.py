@@ -121,11 +121,12 @@ class ScriptSpec:
 
     profile: TargetProfile
     precision: Precision
-    graphs: dict[str, BundleGraph]  # "float", "int8" (explicit INT8), "deepstream" (classifiers)
+    graphs: dict[str, BundleGraph]  # "float", "int8" (explicit INT8), "deepstream", "frames" (see .frames)
     device_build: DeviceBuild
     calibration_cache: tuple[str, str] | None = None  # (name, sha256) of the bundle's cache, for implicit builds
     deepstream_role: str | None = None  # which graph the DeepStream graph was made from ("int8" or "float")
     dla_reason: str = ""
+    frames_role: str | None = None  # which graph the frame graph was made from ("int8" or "float")
 
 
 @dataclass
@@ -135,6 +136,7 @@ class _GenerationBlock:
     onnx: str = ""
     argv: list[str] = field(default_factory=list)
     deepstream_argv: list[str] = field(default_factory=list)
+    frames_argv: list[str] = field(default_factory=list)
     refusal: str = ""
 
 
@@ -160,6 +162,12 @@ def _block(spec: ScriptSpec, generation: TrtGeneration) -> _GenerationBlock:
         if ds is not None and files.deepstream_engine and spec.deepstream_role == plan.onnx_role:
             block.deepstream_argv = plan_argv(plan, ds.name, files.deepstream_engine + PARTIAL,
                                               ds.summary.input_name, files.timing_cache, calib)
+        frames = spec.graphs.get("frames")
+        if frames is not None and files.frames_engine and spec.frames_role == plan.onnx_role:
+            # the same plan: its batch range, for the frame graph's own input (N x S x S x 3)
+            frames_plan = plan_build(version, spec.profile, spec.precision, frames.summary.input_shape)
+            block.frames_argv = plan_argv(frames_plan, frames.name, files.frames_engine + PARTIAL,
+                                          frames.summary.input_name, files.timing_cache, calib)
         return block
     assert first_error is not None
     return _GenerationBlock(generation, refusal=first_error.problem + (f" ({first_error.fix})" if first_error.fix else ""))
@@ -206,7 +214,8 @@ def _case_blocks(spec: ScriptSpec) -> str:
             continue
         calib = files.calibration_cache if block.plan.calibration_cache else ""
         body = [f"ONNX={shlex.quote(block.onnx)}", f"CALIB={shlex.quote(calib or '')}",
-                _bash_array("ARGS", block.argv), _bash_array("DS_ARGS", block.deepstream_argv)]
+                _bash_array("ARGS", block.argv), _bash_array("DS_ARGS", block.deepstream_argv),
+                _bash_array("FR_ARGS", block.frames_argv)]
         out.append(f"  {g})\n    " + "\n    ".join(body) + "\n    ;;")
     return "\n".join(out)
 
@@ -227,6 +236,7 @@ _SCRIPT = r'''#!/usr/bin/env bash
 #
 #   ./build_engine.sh                  build @@ENGINE@@ with this device's trtexec and record it in @@RECORD@@
 #   ./build_engine.sh --deepstream     also build @@DS_ENGINE@@ for deepstream_nvinfer.txt
+#   ./build_engine.sh --frames         also build @@FR_ENGINE@@: uint8 camera frames in (edge_resnet.runtime)
 #   ./build_engine.sh --validate SRC   then run `edge-resnet validate` on SRC (when edge-resnet is installed)
 #
 # It reads the device's TensorRT version from trtexec, picks the arguments edge-resnet wrote for that TensorRT
@@ -235,13 +245,15 @@ _SCRIPT = r'''#!/usr/bin/env bash
 cd "$(dirname "$0")"
 
 die() { echo "error: $*" >&2; exit 1; }
-usage() { sed -n '5,7s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '5,8s/^# \{0,1\}//p' "$0"; }
 
 DEEPSTREAM=0
+FRAMES=0
 VALIDATE=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --deepstream) DEEPSTREAM=1 ;;
+    --frames) FRAMES=1 ;;
     --validate) [[ $# -ge 2 ]] || die "--validate needs a data source (e.g. --validate images/)"; VALIDATE="$2"; shift ;;
     --validate=*) VALIDATE="${1#*=}" ;;
     -h|--help) usage; exit 0 ;;
@@ -295,6 +307,10 @@ if (( DEEPSTREAM )); then
   [[ ${#DS_ARGS[@]} -gt 0 ]] || die "this bundle has no DeepStream classifier graph for TensorRT $TRT_VERSION"
   check_input @@DS_ONNX@@
 fi
+if (( FRAMES )); then
+  [[ ${#FR_ARGS[@]} -gt 0 ]] || die "this bundle has no frame graph for TensorRT $TRT_VERSION (implicit INT8 and DLA builds normalise on the host)"
+  check_input @@FR_ONNX@@
+fi
 
 # implicit INT8: the bundle's scales with this TensorRT's cache header (TensorRT skips other versions' caches)
 if [[ -n "$CALIB" ]]; then
@@ -327,14 +343,18 @@ build() {  # build ENGINE LOG ARGS...
 }
 
 build @@ENGINE@@ @@LOG@@ "${ARGS[@]}"
-DS_RECORD=()
+EXTRA_RECORD=()
 if (( DEEPSTREAM )); then
   build @@DS_ENGINE@@ @@DS_LOG@@ "${DS_ARGS[@]}"
-  DS_RECORD=(--deepstream-engine @@DS_ENGINE@@)
+  EXTRA_RECORD=(--deepstream-engine @@DS_ENGINE@@)
+fi
+if (( FRAMES )); then
+  build @@FR_ENGINE@@ @@FR_LOG@@ "${FR_ARGS[@]}"
+  EXTRA_RECORD+=(--frames-engine @@FR_ENGINE@@)
 fi
 edge_py record --log @@LOG@@ --engine @@ENGINE@@ --record @@RECORD@@ --onnx "$ONNX" \
   --onnx-sha256 "${EXPECTED_SHA[$ONNX]}" --trt-version "$TRT_VERSION" --dla-core @@DLA_CORE@@ \
-  --trtexec "$TRTEXEC" ${DS_RECORD[@]+"${DS_RECORD[@]}"} -- "${ARGS[@]}"
+  --trtexec "$TRTEXEC" ${EXTRA_RECORD[@]+"${EXTRA_RECORD[@]}"} -- "${ARGS[@]}"
 edge_py summary @@LOG@@
 echo "wrote @@ENGINE@@ and @@RECORD@@ (edge_resnet.runtime.load, edge-resnet validate and bench use them)"
 
@@ -459,6 +479,9 @@ elif cmd == "record":
     if "deepstream-engine" in opts:
         rec["deepstream_engine"] = {"file": opts["deepstream-engine"], "sha256": sha256(opts["deepstream-engine"]),
                                     "tensorrt_version": plan_version(opts["deepstream-engine"])}
+    if "frames-engine" in opts:
+        rec["frames_engine"] = {"file": opts["frames-engine"], "sha256": sha256(opts["frames-engine"]),
+                                "tensorrt_version": plan_version(opts["frames-engine"])}
     write_atomic(opts["record"], json.dumps(rec, indent=2) + "\n")
 else:
     fail("unknown helper command " + cmd)
@@ -481,6 +504,9 @@ def render_build_script(spec: ScriptSpec) -> str:
         "@@DS_ENGINE@@": q(files.deepstream_engine or "model.deepstream.plan"),
         "@@DS_LOG@@": q(files.deepstream_log or "trtexec.deepstream.log"),
         "@@DS_ONNX@@": q(spec.graphs["deepstream"].name) if "deepstream" in spec.graphs else "''",
+        "@@FR_ENGINE@@": q(files.frames_engine or "model.frames.plan"),
+        "@@FR_LOG@@": q(files.frames_log or "trtexec.frames.log"),
+        "@@FR_ONNX@@": q(spec.graphs["frames"].name) if "frames" in spec.graphs else "''",
         "@@BUNDLE_CACHE@@": q(spec.calibration_cache[0]) if spec.calibration_cache else "''",
         "@@DLA_CORE@@": str(dla) if dla is not None else "none",
     }
