@@ -168,6 +168,9 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
         if rel not in files:
             raise BundleError(f"{where}: {what} names {rel}, which the manifest's file list does not cover",
                               _FIX_RECOMPILE)
+    device_build = manifest["artifact"].get("device_build") or {}
+    for key, rel in (device_build.items() if isinstance(device_build, Mapping) else ()):
+        check_relpath(rel, f"artifact.device_build.{key}", where)  # written later on the device: not hashed here
     _check_values(manifest, where)
     return manifest
 

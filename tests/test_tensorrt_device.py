@@ -150,6 +150,20 @@ def test_a_replaced_frame_engine_is_refused(tmp_path: Path, prepared: Path) -> N
         rt.load(bundle, normalize_in_engine=True, **device_runtime())
 
 
+@pytest.mark.parametrize("name", ["../outside.plan", "/etc/passwd", "sub/../../x"])
+def test_a_device_file_outside_the_bundle_is_refused_when_the_bundle_opens(tmp_path: Path, prepared: Path,
+                                                                           name: str) -> None:
+    """The device's files are declared in the manifest, not hashed (they do not exist yet); a re-hashed manifest
+    naming one outside the bundle is refused at open, before anything is read or written."""
+    from test_hostile import edit_manifest
+
+    bundle = shutil.copytree(prepared, tmp_path / "bundle")
+    edit_manifest(bundle, lambda m: {**m, "artifact": {**m["artifact"], "device_build": {
+        **m["artifact"]["device_build"], "frames_engine": name}}})
+    with pytest.raises(BundleError, match="artifact.device_build.frames_engine .*a bundle may only name files inside"):
+        load_bundle(bundle)
+
+
 @pytest.mark.slow
 def test_validate_and_bench_run_on_the_device(tmp_path: Path, prepared: Path) -> None:
     """`edge-resnet validate` and `bench` as a user on the device runs them (fake tensorrt/pycuda importable)."""
