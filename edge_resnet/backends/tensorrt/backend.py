@@ -95,24 +95,21 @@ class TensorRTBackend(Backend):
     def frame_input_problem(self, bundle: Any) -> BundleError | None:
         artifact = bundle.artifact
         if "frames_onnx" not in artifact.files:
-            return BundleError(f"the TensorRT bundle {bundle.path} has no frame graph (implicit INT8 and DLA builds "
-                               "normalise on the host)", "load with normalize_in_engine=False (the host normalises)")
+            return BundleError(f"the TensorRT bundle {bundle.path} {_NO_FRAME_GRAPH}",
+                               "load with normalize_in_engine=False (the host normalises)")
         if "frames_engine" in artifact.files:
             return None
-        name = artifact.device_build.get("frames_engine")
         record_name = artifact.device_build.get("record")
-        if name and record_name:
+        if record_name:
             from edge_resnet.bundle import confined
 
             record_path = confined(bundle.path, record_name, "engine record")
             try:
-                built = read_record(record_path).extra.get("frames_engine") if record_path.is_file() else None
+                if record_path.is_file() and _recorded_frames_engine(artifact, read_record(record_path)):
+                    return None
             except BundleError as exc:
                 return exc
-            if isinstance(built, dict) and built.get("file") == name:
-                return None
-        return BundleError(f"the frame engine of {bundle.path} has not been built on this device",
-                           f"run ./build_engine.sh --frames in {bundle.path} (or load with normalize_in_engine=False)")
+        return _frames_not_built(bundle.path)
 
     # ---- calibration: every activation (implicit builds, the DLA route and the calibration cache read them all)
 
@@ -180,8 +177,8 @@ class TensorRTBackend(Backend):
         allow = bool(options.get("allow_device_mismatch", options.get("allow_gpu_name_mismatch", False)))
         here = cuda.device_info(index)
         if frame_input is not None and "frames_onnx" not in artifact.files:
-            raise BundleError(f"the TensorRT bundle in {bundle_dir} has no frame graph (implicit INT8 and DLA builds "
-                              "normalise on the host)", "load it without frame_input and pass float32 NCHW batches")
+            raise BundleError(f"the TensorRT bundle in {bundle_dir} {_NO_FRAME_GRAPH}",
+                              "load it without frame_input and pass float32 NCHW batches")
         if "engine" in artifact.files:  # built at compile time, covered by the manifest's hashes
             check_engine_portability(artifact.info, trt.__version__, here, allow)
             role = "frames_engine" if frame_input is not None else "engine"
@@ -226,6 +223,21 @@ class TensorRTBackend(Backend):
         return TensorRTRunner(trt, engine, cuda, io_api, artifact.info.get("output_name"), reverse_channels=reverse)
 
 
+_NO_FRAME_GRAPH = "has no frame graph (implicit INT8 and DLA builds normalise on the host)"
+
+
+def _frames_not_built(path: Path) -> BundleError:
+    return BundleError(f"the frame engine of {path} has not been built on this device",
+                       f"run ./build_engine.sh --frames in {path} (or load with normalize_in_engine=False)")
+
+
+def _recorded_frames_engine(artifact: Artifact, record: Any) -> dict[str, Any] | None:
+    """The record's entry for the frame engine the manifest declares; None when the device did not build it."""
+    name = artifact.device_build.get("frames_engine")
+    built = record.extra.get("frames_engine")
+    return built if name and isinstance(built, dict) and built.get("file") == name else None
+
+
 def _device_frames_engine(bundle: Any, artifact: Artifact, record: Any) -> Path:
     """The device-built frame engine, checked through the record the main build wrote (same TensorRT, device and
     manifest, already verified): its name is the manifest's, its sha256 and plan header the record's."""
@@ -233,11 +245,10 @@ def _device_frames_engine(bundle: Any, artifact: Artifact, record: Any) -> Path:
     from edge_resnet.backends.tensorrt.versions import format_version, parse_version
     from edge_resnet.bundle import confined
 
-    name = artifact.device_build.get("frames_engine")
-    built = record.extra.get("frames_engine")
-    if not name or not isinstance(built, dict) or built.get("file") != name:
-        raise BundleError(f"the frame engine of {bundle.path} has not been built on this device",
-                          f"run ./build_engine.sh --frames in {bundle.path}")
+    built = _recorded_frames_engine(artifact, record)
+    if built is None:
+        raise _frames_not_built(bundle.path)
+    name = built["file"]
     engine_path = confined(bundle.path, name, "frame engine")
     if not engine_path.is_file() or sha256_path(engine_path) != built.get("sha256"):
         raise BundleError(f"{name} is missing or is not the frame engine the record describes (sha256 differs)",
