@@ -212,15 +212,15 @@ def required_tensors(model: onnx.ModelProto, config: QuantConfig | None = None,
         skip = fusable_conv_branch(g, node, names) if node.op_type == "Add" and fuse_all else None
         for t in activation_inputs(g, node):
             if t != skip:
-                wanted[_scale_source(g, t)] = None
+                wanted[scale_source(g, t)] = None
         outputs_too = any(r.quantize_outputs for r in rules)
         if outputs_too and node.op_type in _OUTPUT_QUANTIZED and node.output[0] not in g.outputs \
                 and node.output[0] not in fused_branches:
-            wanted[_scale_source(g, node.output[0])] = None
+            wanted[scale_source(g, node.output[0])] = None
     return list(wanted)
 
 
-def _scale_source(g: GraphIndex, tensor: str) -> str:
+def scale_source(g: GraphIndex, tensor: str) -> str:
     """The tensor whose statistics give this tensor's scale.
 
     Scale-preserving ops (MaxPool, Flatten) are followed back to their input. A tensor whose only
@@ -276,6 +276,18 @@ def signed_tensors(model: onnx.ModelProto, config: QuantConfig, tensors: list[st
         return []
     g = GraphIndex(model)
     return [t for t in tensors if not is_nonnegative(g, t)]
+
+
+def quantizer_for(rule: FormatRule, g: GraphIndex, src: str, amax: float,
+                  value_range: tuple[float, float] | None = None) -> tuple[float, int]:
+    """(scale, zero point) of the quantizer of scale source ``src`` under ``rule``, from its amax and, for a
+    signed tensor of an asymmetric format, its (lo, hi) range. The source of a conv output consumed only by
+    a ReLU is that ReLU's output: clamping the negatives in Q is then exactly what the ReLU does."""
+    if rule.unsigned_nonnegative and is_nonnegative(g, src):
+        return activation_scale(amax, 255), 0
+    if rule.asymmetric_signed and value_range is not None:
+        return asymmetric_quantizer(*value_range)
+    return activation_scale(amax), rule.zero_point
 
 
 def activation_scale(amax: float, levels: int = 127) -> float:
@@ -356,19 +368,13 @@ class _Writer:
 
     def quantizer_of(self, tensor: str) -> tuple[float, int]:
         """(scale, zero point) of a tensor's activation quantizer."""
-        src = _scale_source(self.g, tensor)
+        src = scale_source(self.g, tensor)
         if src not in self.amax:
             raise QuantizationError(
                 f"no calibration statistics for tensor {src!r}",
                 "calibrate the same float graph that is being quantized",
             )
-        # the source of a conv output consumed only by a ReLU is that ReLU's output: clamping the
-        # negatives in Q is then exactly what the ReLU does
-        if self.rule.unsigned_nonnegative and is_nonnegative(self.g, src):
-            return activation_scale(self.amax[src], 255), 0
-        if self.rule.asymmetric_signed and src in self.ranges:
-            return asymmetric_quantizer(*self.ranges[src])
-        return activation_scale(self.amax[src]), self.rule.zero_point
+        return quantizer_for(self.rule, self.g, src, self.amax[src], self.ranges.get(src))
 
     def _relu_alias(self, tensor: str) -> str | None:
         """For a ReLU output whose input is an int8 op's output quantized unsigned with this very
@@ -380,7 +386,7 @@ class _Writer:
         src = self.g.producer.get(relu.input[0])
         if src is None or src.name not in self.quantized or src.op_type not in _OUTPUT_QUANTIZED:
             return None
-        return relu.input[0] if _scale_source(self.g, relu.input[0]) == tensor else None
+        return relu.input[0] if scale_source(self.g, relu.input[0]) == tensor else None
 
     def dequantized(self, tensor: str) -> str:
         """Name of DQ(Q(tensor)), creating the pair once per tensor."""
